@@ -1,0 +1,41 @@
+r"""Simulation-based inference inside Pyro.
+
+A black-box simulator becomes an ordinary Pyro distribution,
+`pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x_o)`,
+whose `log_prob` is learned from simulations and whose `sample` runs the simulator.
+
+Importing this package changes no global state: the settings of torch's
+distributions that `zuko` and Pyro change on import are restored.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NLE",
+    "History",
+    "SimulatorDistribution",
+    "SiteReport",
+    "UntrainedEstimatorError",
+    "__version__",
+    "fit",
+    "simulate",
+    "train",
+]
+
+from torch.distributions import Distribution as _Distribution
+
+# zuko (validation off, `arg_constraints` emptied) and Pyro (validation set to
+# `__debug__`) change torch's global distribution settings when first imported.
+_validate_args = _Distribution._validate_args
+_arg_constraints = _Distribution.__dict__["arg_constraints"]
+
+from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
+from pyro_sbi.fit import History, fit  # noqa: E402
+from pyro_sbi.nle import NLE  # noqa: E402
+from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402
+from pyro_sbi.simulate import simulate  # noqa: E402
+from pyro_sbi.train import SiteReport, train  # noqa: E402
+
+_Distribution._validate_args = _validate_args
+_Distribution.arg_constraints = _arg_constraints
+del _validate_args, _arg_constraints

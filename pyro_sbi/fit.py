@@ -1,0 +1,189 @@
+r"""The one training loop shared by every estimator.
+
+An estimator exposes `loss(theta, x) -> Tensor` (a scalar to minimise on a batch).
+:func:`fit` minimises it with Adam on a random training split, watches the loss on a
+held-out validation split, stops once the validation loss has not improved for
+`patience` epochs, and restores the weights of the best epoch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["History", "fit"]
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class History:
+    r"""What happened during training.
+
+    Attributes:
+        train_loss: mean training loss per epoch.
+        validation_loss: validation loss per epoch.
+        best_epoch: the epoch (0-based) whose weights were kept.
+        stopped_early: whether training stopped on patience rather than `max_epochs`.
+        seconds: wall time of the loop.
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    validation_loss: list[float] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        """Number of epochs run."""
+        return len(self.train_loss)
+
+    @property
+    def best_validation_loss(self) -> float:
+        """The validation loss of the kept weights."""
+        return self.validation_loss[self.best_epoch]
+
+    def plot(self, ax=None):
+        """Plots the training and validation losses per epoch.
+
+        Arguments:
+            ax: a matplotlib `Axes` to draw in; a new figure when `None`.
+
+        Returns:
+            The matplotlib `Axes`.
+        """
+        import matplotlib.pyplot as plt
+
+        if ax is None:
+            _, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(self.train_loss, label="training")
+        ax.plot(self.validation_loss, label="validation")
+        ax.axvline(self.best_epoch, color="grey", linestyle=":", label="kept")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.legend()
+        return ax
+
+
+def fit(
+    estimator: nn.Module,
+    theta: Tensor,
+    x: Tensor,
+    *,
+    learning_rate: float = 1e-3,
+    batch_size: int = 256,
+    max_epochs: int = 1000,
+    patience: int = 20,
+    validation_fraction: float = 0.1,
+    clip_norm: float | None = 5.0,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> History:
+    r"""Trains `estimator` on simulated pairs by minimising `estimator.loss(theta, x)`.
+
+    Arguments:
+        estimator: a module with a `loss(theta, x)` method returning a scalar.
+        theta: `(n, D)` parameters.
+        x: `(n, *x_shape)` simulator outputs.
+        learning_rate: Adam's step size.
+        batch_size: pairs per gradient step.
+        max_epochs: upper bound on passes over the training split.
+        patience: epochs without improvement of the validation loss before stopping.
+        validation_fraction: share of the pairs held out for early stopping.
+        clip_norm: the gradient norm is clipped to this value (`None`: no clipping).
+        seed: makes the split, the batches and the training reproducible; the global
+            random state is left untouched.
+        device: where to train (e.g. `"cuda"`); the estimator is moved back to the
+            device of `theta` afterwards.
+        progress: show a progress bar.
+
+    Returns:
+        The :class:`History` of losses; the estimator holds the best weights.
+
+    Example:
+        >>> from pyro_sbi import NLE
+        >>> theta = torch.randn(500, 1)
+        >>> x = theta + 0.1 * torch.randn(500, 1)
+        >>> history = NLE().fit(theta, x, max_epochs=3, progress=False, seed=0)
+        >>> history.epochs
+        3
+    """
+    n = len(theta)
+    num_validation = max(1, int(round(validation_fraction * n)))
+    if n - num_validation < 1:
+        raise ValueError(f"fit needs more simulations than {n} for a validation split")
+    home = theta.device
+    device = torch.device(device) if device is not None else home
+    history = History()
+    start = time.perf_counter()
+
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        order = torch.randperm(n)
+        valid, train = order[:num_validation], order[num_validation:]
+        theta, x = theta.to(device), x.to(device)
+        theta_train, x_train = theta[train.to(device)], x[train.to(device)]
+        theta_valid, x_valid = theta[valid.to(device)], x[valid.to(device)]
+
+        estimator.to(device)
+        estimator.requires_grad_(True)
+        optimizer = torch.optim.Adam(estimator.parameters(), lr=learning_rate)
+        best_loss, best_state, stale = math.inf, None, 0
+        num_batches = max(1, math.ceil(len(train) / batch_size))
+
+        bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress)
+        for epoch in bar:
+            estimator.train()
+            permutation = torch.randperm(len(train), device=device)
+            total = 0.0
+            for batch in permutation.chunk(num_batches):
+                loss = estimator.loss(theta_train[batch], x_train[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                if clip_norm is not None:
+                    nn.utils.clip_grad_norm_(estimator.parameters(), clip_norm)
+                optimizer.step()
+                total += loss.item() * len(batch)
+            history.train_loss.append(total / len(train))
+
+            estimator.eval()
+            with torch.no_grad():
+                validation = _batched_loss(estimator, theta_valid, x_valid, 4 * batch_size)
+            history.validation_loss.append(validation)
+
+            if validation < best_loss:
+                best_loss, stale = validation, 0
+                best_state = copy.deepcopy(estimator.state_dict())
+                history.best_epoch = epoch
+            else:
+                stale += 1
+            bar.set_postfix(train=f"{history.train_loss[-1]:.3f}", validation=f"{validation:.3f}")
+            if not math.isfinite(history.train_loss[-1]):
+                raise FloatingPointError(
+                    f"training loss became {history.train_loss[-1]} at epoch {epoch}; lower "
+                    "learning_rate or check the simulations for extreme values"
+                )
+            if stale >= patience:
+                history.stopped_early = True
+                break
+        bar.close()
+
+    estimator.load_state_dict(best_state)
+    estimator.to(home)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+def _batched_loss(estimator: nn.Module, theta: Tensor, x: Tensor, batch_size: int) -> float:
+    total = 0.0
+    for start in range(0, len(theta), batch_size):
+        stop = start + batch_size
+        total += estimator.loss(theta[start:stop], x[start:stop]).item() * len(theta[start:stop])
+    return total / len(theta)

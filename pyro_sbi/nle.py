@@ -1,0 +1,169 @@
+r"""Neural likelihood estimation (NLE).
+
+A conditional normalising flow :math:`q_\phi(x \mid \theta)` is fitted to simulated pairs
+:math:`(\theta_i, x_i)`, with :math:`\theta_i \sim \tilde p(\theta)` (the prior, or any
+proposal) and :math:`x_i \sim p(x \mid \theta_i)` from the simulator, by maximum
+likelihood:
+
+.. math::
+
+    \mathcal{L}(\phi) = -\frac{1}{n} \sum_i \log q_\phi(x_i \mid \theta_i)
+    \approx \mathbb{E}_{\tilde p(\theta)} \Big[
+        \mathrm{KL}\big(p(x \mid \theta) \,\|\, q_\phi(x \mid \theta)\big) \Big]
+    + \mathbb{E}_{\tilde p(\theta)} \big[ \mathrm{H}[p(x \mid \theta)] \big] .
+
+The entropy term does not depend on :math:`\phi`, so the objective is minimised when
+:math:`q_\phi(x \mid \theta) = p(x \mid \theta)` for every :math:`\theta` in the support
+of :math:`\tilde p`. Unlike posterior estimation, the proposal needs no correction: it
+only decides where the surrogate is accurate. The result is a *normalised* density in
+:math:`x`, so it can stand in for the likelihood anywhere — NUTS, HMC, SVI, pointwise
+log-likelihoods, LOO and model comparison — and for :math:`n` i.i.d. trials the
+log-likelihood is the sum of :math:`n` single-trial terms, so the flow is trained on
+single trials.
+
+Both :math:`\theta` and :math:`x` are z-scored with statistics of the training data;
+the flow models :math:`x_z = (x - \mu_x) / \sigma_x`, and the density of :math:`x` adds
+the Jacobian :math:`-\sum_j \log \sigma_{x,j}`.
+
+References:
+    | Sequential Neural Likelihood: Fast Likelihood-free Inference with Autoregressive
+      Flows (Papamakarios et al., 2019)
+    | https://arxiv.org/abs/1805.07226
+
+    | Likelihood-free inference with emulator networks (Lueckmann et al., 2019)
+    | https://arxiv.org/abs/1805.09294
+
+    | Neural Spline Flows (Durkan et al., 2019)
+    | https://arxiv.org/abs/1906.04032
+"""
+
+from __future__ import annotations
+
+__all__ = ["NLE"]
+
+from collections.abc import Callable
+
+import torch
+import zuko
+from torch import Size, Tensor
+from torch.distributions import Distribution, constraints
+
+from pyro_sbi.nn import Estimator, validation_off
+
+
+class NLE(Estimator):
+    r"""Neural likelihood estimator: a conditional flow :math:`q(x \mid \theta)`.
+
+    The flow is built at the first :meth:`fit`, when the sizes of :math:`\theta` and
+    :math:`x` are known, so it is constructed without dimensions.
+
+    Arguments:
+        build: a zuko flow class (or any callable `build(features, context, **kwargs)`
+            returning a `zuko.flows.Flow`): `zuko.flows.NSF` (default), `zuko.flows.MAF`,
+            ... A MAF is about 4 times cheaper per gradient than an NSF.
+        z_score: standardise `theta` and `x` with the training statistics.
+        flow_options: passed to `build`, e.g. `transforms=5, hidden_features=(128, 128)`.
+
+    Example:
+        >>> theta = torch.randn(2000, 2)
+        >>> x = theta + 0.1 * torch.randn(2000, 2)
+        >>> likelihood = NLE(zuko.flows.MAF)
+        >>> history = likelihood.fit(theta, x, max_epochs=5, progress=False, seed=0)
+        >>> likelihood.log_prob(torch.zeros(10, 1, 2), torch.zeros(3, 2)).shape
+        torch.Size([10, 3])
+        >>> likelihood(torch.zeros(3, 2)).sample((4,)).shape
+        torch.Size([4, 3, 2])
+    """
+
+    def __init__(
+        self,
+        build: Callable[..., zuko.flows.Flow] = zuko.flows.NSF,
+        *,
+        z_score: bool = True,
+        **flow_options,
+    ) -> None:
+        super().__init__(z_score=z_score)
+        self.flow_class = build
+        self.flow_options = flow_options
+        self.flow = None
+
+    def _build(self) -> None:
+        self.flow = self.flow_class(
+            features=self.x_features, context=self.theta_dim, **self.flow_options
+        )
+
+    def extra_repr(self) -> str:
+        """Name of the flow class."""
+        return f"build={getattr(self.flow_class, '__name__', self.flow_class)}"
+
+    def loss(self, theta: Tensor, x: Tensor) -> Tensor:
+        r"""Negative log-likelihood of a batch, in z-scored units.
+
+        Arguments:
+            theta: `(n, D)` parameters.
+            x: `(n, *x_shape)` simulator outputs.
+
+        Returns:
+            The scalar mean of :math:`-\log q(x_z \mid \theta_z)`.
+        """
+        x_z, theta_z = self._standardize(x.reshape(len(x), -1), theta)
+        with validation_off():
+            return -self.flow(theta_z).log_prob(x_z).mean()
+
+    def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        r"""Learned log-likelihood :math:`\log q(x \mid \theta)`, differentiable in `theta`.
+
+        Arguments:
+            x: `(*, *x_shape)` simulator outputs.
+            theta: `(*, D)` parameters; broadcast against the batch shape of `x`.
+
+        Returns:
+            `(*)` log-densities over the broadcast batch shape.
+        """
+        x_z, theta_z, _ = self._prepare(x, theta)
+        with validation_off():
+            log_p = self.flow(theta_z).log_prob(x_z)
+        return log_p - self.x_scale.log().sum()
+
+    def forward(self, theta: Tensor) -> Distribution:
+        r"""The learned likelihood at `theta` as a torch distribution over `x`.
+
+        Arguments:
+            theta: `(*, D)` parameters.
+
+        Returns:
+            A distribution with batch shape `*` and event shape `x_shape`.
+        """
+        self.check_trained()
+        return _LearnedLikelihood(self, theta)
+
+
+class _LearnedLikelihood(Distribution):
+    r""":math:`q(x \mid \theta)` for fixed `theta`, as a torch distribution."""
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, estimator: NLE, theta: Tensor) -> None:
+        self.estimator = estimator
+        self.theta = theta
+        super().__init__(theta.shape[:-1], estimator.x_shape, validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        return self.estimator.support
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.estimator.log_prob(value, self.theta)
+
+    def rsample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
+        estimator = self.estimator
+        theta_z = (self.theta - estimator.theta_loc) / estimator.theta_scale
+        with validation_off():
+            x_z = estimator.flow(theta_z).rsample(sample_shape)
+        x = x_z * estimator.x_scale + estimator.x_loc
+        return x.reshape(x.shape[:-1] + estimator.x_shape)
+
+    def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
+        with torch.no_grad():
+            return self.rsample(sample_shape)

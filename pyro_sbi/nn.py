@@ -1,0 +1,241 @@
+r"""Network pieces shared by every estimator.
+
+:class:`Estimator` is the small base that `NLE` (and later estimators) build on: lazy
+construction at the first :meth:`Estimator.fit`, z-scoring statistics learned from the
+training data, shape bookkeeping for `x`, the "trained?" check and the local-validity
+warning. Each method keeps its network and loss in its own module.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Estimator", "UntrainedEstimatorError", "validation_off"]
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution, constraints
+
+
+class UntrainedEstimatorError(ValueError):
+    """Raised when an estimator is asked for a density before it was trained.
+
+    It is a `ValueError` so that Pyro adds the name of the sample site to the message.
+    """
+
+
+@contextlib.contextmanager
+def validation_off() -> Iterator[None]:
+    """Turns torch's distribution argument validation off inside the block only.
+
+    `zuko` builds distributions that declare no `arg_constraints`; with validation on,
+    torch warns about each of them. The previous default is restored on exit.
+
+    Example:
+        >>> with validation_off():
+        ...     pass
+    """
+    previous = Distribution._validate_args
+    Distribution._validate_args = False
+    try:
+        yield
+    finally:
+        Distribution._validate_args = previous
+
+
+class Estimator(nn.Module):
+    r"""Base of the learned surrogates: lazily built, z-scored, shape-aware.
+
+    A subclass implements :meth:`_build` (create the networks once the sizes are known)
+    and :meth:`loss` (the training objective on a batch), and uses :meth:`_prepare` to
+    z-score and broadcast `(x, theta)` pairs.
+
+    Attributes:
+        x_shape: the simulator's output shape, `None` before the first fit.
+        theta_dim: the number of parameters `D`, `None` before the first fit.
+        normalized: whether :meth:`log_prob` is a normalised density in `x`.
+    """
+
+    normalized: bool = True
+
+    def __init__(self, *, z_score: bool = True) -> None:
+        super().__init__()
+        self.z_score = z_score
+        self.x_shape: Size | None = None
+        self.theta_dim: int | None = None
+        self.num_simulations = 0
+        for name in ("theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max"):
+            self.register_buffer(name, None)
+
+    # construction -------------------------------------------------------------------
+
+    @property
+    def trained(self) -> bool:
+        """Whether :meth:`fit` has run at least once."""
+        return self.num_simulations > 0
+
+    @property
+    def x_features(self) -> int:
+        """The flattened size `L` of one simulator output."""
+        return math.prod(self.x_shape)
+
+    def _check_pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        if theta.dim() != 2:
+            raise ValueError(
+                f"{type(self).__name__}.fit expects theta of shape (n, D); "
+                f"got {tuple(theta.shape)}"
+            )
+        if x.dim() < 2 or x.shape[0] != theta.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}.fit expects x of shape (n, *x_shape) with the same n as "
+                f"theta {tuple(theta.shape)}; got {tuple(x.shape)}"
+            )
+        if x.shape[0] < 2:
+            raise ValueError(f"{type(self).__name__}.fit needs at least 2 simulations")
+        dtype = torch.get_default_dtype()
+        return theta.to(dtype), x.to(dtype)
+
+    def build(self, theta: Tensor, x: Tensor) -> None:
+        r"""Creates the networks for data like `(theta, x)` and sets z-score statistics.
+
+        Arguments:
+            theta: `(n, D)` parameters.
+            x: `(n, *x_shape)` simulator outputs.
+        """
+        theta, x = self._check_pair(theta, x)
+        self.theta_dim = theta.shape[-1]
+        self.x_shape = Size(x.shape[1:])
+        flat = x.reshape(len(x), -1)
+        self.theta_loc, self.theta_scale = _loc_scale(theta, self.z_score)
+        self.x_loc, self.x_scale = _loc_scale(flat, self.z_score)
+        self.x_min, self.x_max = flat.min(0).values, flat.max(0).values
+        self.num_simulations = 0
+        self._build()
+
+    def _build(self) -> None:
+        raise NotImplementedError
+
+    def fit(self, theta: Tensor, x: Tensor, **options) -> object:
+        r"""Builds the estimator afresh for `(theta, x)` and trains it.
+
+        Arguments:
+            theta: `(n, D)` parameters.
+            x: `(n, *x_shape)` simulator outputs for those parameters.
+            options: options of :func:`pyro_sbi.fit.fit` (`max_epochs`, `batch_size`,
+                `learning_rate`, `patience`, `seed`, `device`, `progress`, ...).
+
+        Returns:
+            The training :class:`~pyro_sbi.fit.History`.
+        """
+        from pyro_sbi.fit import fit  # the loop is shared; imported here to avoid a cycle
+
+        theta, x = self._check_pair(theta, x)
+        seed = options.get("seed")
+        with torch.random.fork_rng(enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.build(theta, x)
+        history = fit(self, theta, x, **options)
+        self.num_simulations = len(theta)
+        self.requires_grad_(False)
+        self.eval()
+        return history
+
+    # evaluation ---------------------------------------------------------------------
+
+    def check_trained(self) -> None:
+        """Raises :class:`UntrainedEstimatorError` when the estimator was never fitted."""
+        if not self.trained:
+            raise UntrainedEstimatorError(
+                f"the estimator {type(self).__name__} has not been trained: call "
+                "pyro_sbi.train(model, ..., num_simulations=...) (or estimator.fit(theta, x)) "
+                "before asking for log_prob"
+            )
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """The support of `x`: real values with `len(x_shape)` event dimensions."""
+        event_dim = len(self.x_shape) if self.x_shape is not None else 1
+        return constraints.independent(constraints.real, event_dim)
+
+    def _prepare(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Size]:
+        r"""Broadcasts and z-scores a pair for the networks.
+
+        Arguments:
+            x: `(*, *x_shape)` simulator outputs.
+            theta: `(*, D)` parameters.
+
+        Returns:
+            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape, and that shape.
+        """
+        self.check_trained()
+        event_dim = len(self.x_shape)
+        if tuple(x.shape[x.dim() - event_dim :]) != tuple(self.x_shape) or x.dim() < event_dim:
+            raise ValueError(
+                f"{type(self).__name__}: x must end in the simulator's output shape "
+                f"{tuple(self.x_shape)}; got x of shape {tuple(x.shape)}"
+            )
+        if theta.dim() < 1 or theta.shape[-1] != self.theta_dim:
+            raise ValueError(
+                f"{type(self).__name__}: theta must have shape (*, {self.theta_dim}); "
+                f"got {tuple(theta.shape)}"
+            )
+        x_batch = x.shape[: x.dim() - event_dim]
+        batch = torch.broadcast_shapes(x_batch, theta.shape[:-1])
+        x = x.reshape(x_batch + (self.x_features,)).expand(batch + (self.x_features,))
+        theta = theta.expand(batch + (self.theta_dim,))
+        x_z, theta_z = self._standardize(x, theta)
+        return x_z, theta_z, batch
+
+    def _standardize(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Z-scores flat `x (*, L)` and `theta (*, D)` with the training statistics."""
+        dtype = self.x_loc.dtype
+        x_z = (x.to(dtype) - self.x_loc) / self.x_scale
+        theta_z = (theta.to(dtype) - self.theta_loc) / self.theta_scale
+        return x_z, theta_z
+
+    def warn_if_outside(self, x: Tensor, *, name: str = "x", margin: float = 0.5) -> bool:
+        r"""Warns when `x` lies outside the range of the training simulations.
+
+        The range is the per-feature [min, max] of the training `x`, widened by `margin`
+        times its width. Outside it, the estimator extrapolates and its density is not
+        to be trusted.
+
+        Arguments:
+            x: `(*, *x_shape)` values to check.
+            name: what to call `x` in the warning (a site name, for instance).
+            margin: how far outside the training range, relative to its width, is allowed.
+
+        Returns:
+            Whether a warning was issued.
+        """
+        if not self.trained or x.requires_grad:
+            return False
+        flat = x.detach().reshape(-1, self.x_features).to(self.x_min.dtype)
+        width = self.x_max - self.x_min
+        low, high = self.x_min - margin * width, self.x_max + margin * width
+        outside = (flat < low) | (flat > high)
+        if not bool(outside.any()):
+            return False
+        features = outside.any(0).nonzero().flatten().tolist()
+        warnings.warn(
+            f"{name}: {int(outside.any(-1).sum())} of {len(flat)} values lie outside the range "
+            f"of the {self.num_simulations} training simulations (features {features}); the "
+            f"estimator {type(self).__name__} is extrapolating there and its log_prob is "
+            "unreliable. Train with a prior or proposal that covers the observations.",
+            stacklevel=3,
+        )
+        return True
+
+
+def _loc_scale(data: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:
+    if not z_score:
+        return torch.zeros_like(data[0]), torch.ones_like(data[0])
+    loc = data.mean(0)
+    scale = data.std(0)
+    # A constant feature keeps unit scale rather than dividing by zero.
+    scale = torch.where(scale > 1e-8 * (1 + loc.abs()), scale, torch.ones_like(scale))
+    return loc, scale

@@ -1,0 +1,277 @@
+r"""Training the simulator sites of a Pyro model from the model's own prior.
+
+:func:`train` runs the model with its simulator sites intercepted (no simulator call,
+observations ignored), so every :class:`~pyro_sbi.SimulatorDistribution` reveals the
+parameters `theta` it would be simulated at. Parameters broadcast over plates are
+counted once: a `theta` shared by 100 i.i.d. trials is one simulation, and the
+estimator learns the single-trial likelihood. The model is run vectorised under an
+extra outer plate (as Pyro's `Predictive(parallel=True)` does), falling back to
+repeated runs when the model cannot be vectorised. Each site's simulator then runs
+once per drawn `theta`, and the site's estimator is fitted to the pairs.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SiteReport", "train"]
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from time import perf_counter
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+from torch import Tensor
+from torch.distributions import Distribution
+
+from pyro_sbi.distribution import SimulatorDistribution
+from pyro_sbi.fit import History
+from pyro_sbi.nn import Estimator
+from pyro_sbi.simulate import simulate
+
+
+@dataclass
+class SiteReport:
+    r"""What :func:`train` did for one estimator.
+
+    Attributes:
+        sites: the sample sites that share the estimator.
+        estimator: the trained estimator.
+        theta: `(n, D)` parameters that were simulated.
+        x: `(n, *x_shape)` their simulator outputs (non-finite ones removed).
+        num_failed: simulations left out because they returned NaN or inf.
+        history: the training history.
+        simulation_seconds: wall time spent in the simulator.
+    """
+
+    sites: list[str]
+    estimator: Estimator
+    theta: Tensor
+    x: Tensor
+    num_failed: int
+    history: History
+    simulation_seconds: float
+
+    def __str__(self) -> str:
+        """One line: sites, counts, seconds and the kept validation loss."""
+        history = self.history
+        return (
+            f"{', '.join(self.sites)}: {len(self.theta)} simulations ({self.num_failed} failed) "
+            f"in {self.simulation_seconds:.1f} s; {type(self.estimator).__name__} trained for "
+            f"{history.epochs} epochs in {history.seconds:.1f} s, validation loss "
+            f"{history.best_validation_loss:.3f}"
+        )
+
+
+def train(
+    model: Callable,
+    *args,
+    num_simulations: int,
+    proposal: Distribution | Mapping[str, Distribution] | None = None,
+    simulation_batch_size: int | None = None,
+    fit_options: Mapping | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    **kwargs,
+) -> dict[str, SiteReport]:
+    r"""Simulates from the model's prior and trains the estimator of every simulator site.
+
+    Arguments:
+        model: a Pyro model containing :class:`~pyro_sbi.SimulatorDistribution` sites.
+        args: positional arguments of the model (observations are ignored).
+        num_simulations: simulations per estimator (split evenly over the sites that
+            share one estimator object).
+        proposal: draw `theta (num_simulations, D)` from this distribution instead of
+            the prior (a mapping from site name to distribution for several sites).
+        simulation_batch_size: parameters per simulator call (all at once by default).
+        fit_options: options of :func:`pyro_sbi.fit.fit`, e.g.
+            `{"max_epochs": 200, "batch_size": 512}`.
+        seed: seeds torch, numpy and `random` (via `pyro.set_rng_seed`) before drawing
+            and simulating, and the training.
+        progress: show progress bars and a summary line per estimator.
+        kwargs: keyword arguments of the model.
+
+    Returns:
+        A :class:`SiteReport` per site name (sites sharing an estimator share a report).
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro_sbi import NLE, SimulatorDistribution
+        >>> likelihood = NLE()
+        >>> def model(x_o=None):
+        ...     theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([1]).to_event(1))
+        ...     sim = lambda t: t + 0.1 * torch.randn_like(t)
+        ...     with pyro.plate("trials", 5):
+        ...         pyro.sample("x", SimulatorDistribution(sim, theta, likelihood), obs=x_o)
+        >>> reports = train(model, num_simulations=200, seed=0, progress=False,
+        ...                 fit_options={"max_epochs": 2})
+        >>> reports["x"].theta.shape, likelihood.trained
+        (torch.Size([200, 1]), True)
+    """
+    if num_simulations < 2:
+        raise ValueError(f"train needs num_simulations >= 2; got {num_simulations}")
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    fit_options = dict(fit_options or {})
+    fit_options.setdefault("progress", progress)
+    if seed is not None:
+        fit_options.setdefault("seed", seed)
+
+    collector = _Collector()
+    with poutine.block(), collector:
+        model(*args, **kwargs)
+    if not collector.sites:
+        raise ValueError(
+            "train found no SimulatorDistribution sample site in the model; wrap the "
+            "simulator as pyro.sample(name, SimulatorDistribution(simulator, theta, estimator))"
+        )
+    groups = _group_by_estimator(collector.sites)
+    shares = {
+        name: count
+        for names in groups.values()
+        for name, count in zip(names, _split(num_simulations, len(names)), strict=True)
+    }
+    thetas = _draw_theta(model, args, kwargs, collector, shares, proposal)
+
+    reports: dict[str, SiteReport] = {}
+    for names in groups.values():
+        estimator = collector.sites[names[0]].estimator
+        theta_parts, x_parts, seconds = [], [], 0.0
+        for name in names:
+            site = collector.sites[name]
+            start = perf_counter()
+            x = simulate(
+                site.simulator,
+                thetas[name],
+                batch_size=simulation_batch_size,
+                batched=site.batched,
+                numpy=site.numpy,
+                progress=progress,
+            )
+            seconds += perf_counter() - start
+            theta_parts.append(thetas[name])
+            x_parts.append(x)
+        theta, x = torch.cat(theta_parts), torch.cat(x_parts)
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(-1)
+        num_failed = int((~finite).sum())
+        if num_failed:
+            warnings.warn(
+                f"{', '.join(names)}: {num_failed} of {len(x)} simulations returned NaN or inf "
+                "and are left out of training",
+                stacklevel=2,
+            )
+            theta, x = theta[finite], x[finite]
+        history = estimator.fit(theta, x, **fit_options)
+        report = SiteReport(names, estimator, theta, x, num_failed, history, seconds)
+        if progress:
+            print(report)
+        reports.update(dict.fromkeys(names, report))
+    return reports
+
+
+class _Collector(Messenger):
+    """Intercepts simulator sites: records their distribution, never simulates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: dict[str, SimulatorDistribution] = {}
+        self.max_batch_dims = 0
+
+    def _pyro_sample(self, msg) -> None:
+        frames = [frame.dim for frame in msg["cond_indep_stack"] if frame.vectorized]
+        depth = max([-dim for dim in frames] + [len(getattr(msg["fn"], "batch_shape", ()))])
+        self.max_batch_dims = max(self.max_batch_dims, depth)
+        fn = msg["fn"]
+        while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
+            fn = fn.base_dist
+        if not isinstance(fn, SimulatorDistribution):
+            return
+        self.sites[msg["name"]] = fn
+        if msg["value"] is None:
+            msg["value"] = torch.zeros(msg["fn"].shape())
+        msg["done"] = True
+
+
+def _draw_theta(model, args, kwargs, collector, shares, proposal) -> dict[str, Tensor]:
+    """`(share, D)` parameters per site, from the proposal or the model's prior."""
+    thetas: dict[str, list[Tensor]] = {name: [] for name in shares}
+    for name in shares:
+        site_proposal = proposal.get(name) if isinstance(proposal, Mapping) else proposal
+        if site_proposal is not None:
+            theta = site_proposal.sample((shares[name],))
+            dim = collector.sites[name].theta.shape[-1]
+            if theta.shape != (shares[name], dim):
+                raise ValueError(
+                    f"site {name!r}: the proposal gives theta of shape "
+                    f"{tuple(theta.shape[1:])}; the site has {dim} parameters"
+                )
+            thetas[name] = [theta.detach()]
+    missing = {name for name in shares if not thetas[name]}
+    _extend(thetas, collector, missing)  # the first run is used too
+
+    vectorise = True
+    while missing := {n for n in missing if sum(map(len, thetas[n])) < shares[n]}:
+        per_run = min(_count(collector.sites[n]) for n in missing)
+        need = max(shares[n] - sum(map(len, thetas[n])) for n in missing)
+        runs = math.ceil(need / max(per_run, 1))
+        run = _Collector()
+        try:
+            with poutine.block(), run:
+                if vectorise:
+                    dim = -collector.max_batch_dims - 1
+                    with pyro.plate("_pyro_sbi_particles", runs, dim=dim):
+                        model(*args, **kwargs)
+                else:
+                    model(*args, **kwargs)
+        except Exception:
+            if not vectorise:
+                raise
+            vectorise = False  # the model cannot be vectorised: run it repeatedly
+            continue
+        _extend(thetas, run, missing)
+    return {name: torch.cat(thetas[name])[: shares[name]] for name in shares}
+
+
+def _extend(thetas: dict[str, list[Tensor]], run: _Collector, names: set[str]) -> None:
+    for name in names:
+        if name in run.sites:
+            thetas[name].append(_distinct(run.sites[name].theta))
+
+
+def _distinct(theta: Tensor) -> Tensor:
+    """`(n, D)` parameters of a `(*batch, D)` tensor, counting broadcast copies once."""
+    index = tuple(
+        slice(0, 1) if stride == 0 and size > 1 else slice(None)
+        for size, stride in zip(theta.shape[:-1], theta.stride()[:-1], strict=True)
+    )
+    return theta[index].detach().reshape(-1, theta.shape[-1])
+
+
+def _count(site: SimulatorDistribution) -> int:
+    return len(_distinct(site.theta))
+
+
+def _group_by_estimator(sites: Mapping[str, SimulatorDistribution]) -> dict[int, list[str]]:
+    groups: dict[int, list[str]] = {}
+    for name, site in sites.items():
+        groups.setdefault(id(site.estimator), []).append(name)
+    for names in groups.values():
+        dims = {_theta_dim(sites[name]) for name in names}
+        if len(dims) > 1:
+            raise ValueError(
+                f"sites {names} share one estimator but have different numbers of "
+                f"parameters {sorted(dims)}; give each its own estimator"
+            )
+    return groups
+
+
+def _theta_dim(site: SimulatorDistribution) -> int:
+    """The parameter dimension `D` of a simulator site."""
+    return site.theta.shape[-1]
+
+
+def _split(total: int, parts: int) -> list[int]:
+    return [total // parts + (i < total % parts) for i in range(parts)]
