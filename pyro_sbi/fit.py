@@ -81,6 +81,7 @@ def fit(
     patience: int = 20,
     validation_fraction: float = 0.1,
     clip_norm: float | None = 5.0,
+    lr_decay: float = 0.5,
     seed: int | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -97,6 +98,8 @@ def fit(
         patience: epochs without improvement of the validation loss before stopping.
         validation_fraction: share of the pairs held out for early stopping.
         clip_norm: the gradient norm is clipped to this value (`None`: no clipping).
+        lr_decay: the learning rate is multiplied by this factor whenever the validation
+            loss has not improved for `patience // 4` epochs (1: constant rate).
         seed: makes the split, the batches and the training reproducible; the global
             random state is left untouched.
         device: where to train (e.g. `"cuda"`); the estimator is moved back to the
@@ -135,6 +138,9 @@ def fit(
         estimator.to(device)
         estimator.requires_grad_(True)
         optimizer = torch.optim.Adam(estimator.parameters(), lr=learning_rate)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=lr_decay, patience=max(1, patience // 4), threshold=0.0
+        )
         best_loss, best_state, stale = math.inf, None, 0
         num_batches = max(1, math.ceil(len(train) / batch_size))
 
@@ -157,6 +163,8 @@ def fit(
             with torch.no_grad():
                 validation = _batched_loss(estimator, theta_valid, x_valid, 4 * batch_size)
             history.validation_loss.append(validation)
+            if lr_decay < 1.0:
+                scheduler.step(validation)
 
             if validation < best_loss:
                 best_loss, stale = validation, 0
@@ -175,6 +183,7 @@ def fit(
                 break
         bar.close()
 
+    optimizer.zero_grad(set_to_none=True)
     estimator.load_state_dict(best_state)
     estimator.to(home)
     history.seconds = time.perf_counter() - start

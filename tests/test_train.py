@@ -1,0 +1,185 @@
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+import zuko
+
+from pyro_sbi import NLE, SimulatorDistribution, train
+
+FAST = {"max_epochs": 2}
+
+
+class Counter:
+    __name__ = "counter"
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+
+    def __call__(self, theta):
+        self.calls.append(theta.clone())
+        x = theta + 0.5 * torch.randn_like(theta)
+        if self.fail is not None:
+            x[self.fail(theta)] = float("nan")
+        return x
+
+    @property
+    def theta(self):
+        return torch.cat(self.calls)
+
+
+def hierarchical(simulator, likelihood, subjects=8, trials=30):
+    def model(x_o=None):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("subjects", subjects):
+            theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
+            with pyro.plate("trials", trials, dim=-2):
+                pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x_o)
+
+    return model
+
+
+@pytest.mark.parametrize("num_simulations", [2, 7, 1000])
+def test_simulates_each_theta_once_in_a_plated_model(num_simulations):
+    simulator = Counter()
+    reports = train(
+        hierarchical(simulator, NLE(zuko.flows.MAF)),
+        num_simulations=num_simulations,
+        progress=False,
+        fit_options=FAST,
+    )
+    theta = simulator.theta
+    assert len(simulator.calls) == 1 and len(theta) == num_simulations
+    assert len(torch.unique(theta, dim=0)) == num_simulations  # no theta repeated per trial
+    assert torch.equal(reports["x"].theta, theta)
+    assert reports["x"].estimator.trained
+
+
+def test_theta_follows_the_model_prior():
+    simulator = Counter()
+    train(
+        hierarchical(simulator, NLE(zuko.flows.MAF)),
+        num_simulations=4000,
+        progress=False,
+        fit_options=FAST,
+        seed=1,
+    )
+    theta = simulator.theta
+    # marginally theta ~ N(0, 1 + 0.5^2) in each coordinate
+    assert torch.allclose(theta.mean(0), torch.zeros(2), atol=0.1)
+    assert torch.allclose(theta.std(0), torch.full((2,), 1.25**0.5), rtol=0.08)
+
+
+def test_observations_are_ignored_and_cost_nothing():
+    simulator = Counter()
+    train(
+        hierarchical(simulator, NLE(zuko.flows.MAF)),
+        torch.zeros(30, 8, 2),
+        num_simulations=50,
+        progress=False,
+        fit_options=FAST,
+    )
+    assert len(simulator.theta) == 50
+
+
+def test_model_that_cannot_be_vectorised_is_run_repeatedly():
+    simulator = Counter()
+    likelihood = NLE(zuko.flows.MAF)
+
+    def model():
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 0.3))
+        theta = pyro.sample("theta", dist.Normal(0.0, float(scale)).expand([2]).to_event(1))
+        pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood))
+
+    train(model, num_simulations=40, progress=False, fit_options=FAST)
+    assert len(simulator.theta) == 40 and len(torch.unique(simulator.theta, dim=0)) == 40
+
+
+def test_shared_estimator_is_trained_once_on_both_sites(monkeypatch):
+    likelihood = NLE(zuko.flows.MAF)
+    a, b = Counter(), Counter()
+    fits = []
+    original = NLE.fit
+    monkeypatch.setattr(
+        NLE, "fit", lambda self, *args, **kw: fits.append(1) or original(self, *args, **kw)
+    )
+
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("xa", SimulatorDistribution(a, theta, likelihood))
+        pyro.sample("xb", SimulatorDistribution(b, theta + 1.0, likelihood))
+
+    reports = train(model, num_simulations=101, progress=False, fit_options=FAST)
+    assert len(fits) == 1 and reports["xa"] is reports["xb"]
+    assert len(a.theta) + len(b.theta) == 101 and len(reports["xa"].theta) == 101
+
+
+def test_separate_estimators_get_the_budget_each():
+    a, b = Counter(), Counter()
+
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        pyro.sample("xa", SimulatorDistribution(a, theta, NLE(zuko.flows.MAF)))
+        pyro.sample("xb", SimulatorDistribution(b, theta, NLE(zuko.flows.MAF)))
+
+    reports = train(model, num_simulations=30, progress=False, fit_options=FAST)
+    assert len(a.theta) == len(b.theta) == 30 and reports["xa"] is not reports["xb"]
+
+
+def test_proposal_replaces_the_prior():
+    simulator = Counter()
+    proposal = dist.Uniform(torch.full((2,), 10.0), 11.0).to_event(1)
+    train(
+        hierarchical(simulator, NLE(zuko.flows.MAF)),
+        num_simulations=64,
+        proposal=proposal,
+        progress=False,
+        fit_options=FAST,
+    )
+    assert len(simulator.theta) == 64 and (simulator.theta >= 10).all()
+
+
+def test_proposal_of_the_wrong_dimension_is_refused():
+    proposal = dist.Uniform(torch.zeros(3), 1.0).to_event(1)
+    with pytest.raises(ValueError, match="site 'x'.*3.*2 parameters"):
+        train(
+            hierarchical(Counter(), NLE()), num_simulations=10, proposal=proposal, progress=False
+        )
+
+
+def test_non_finite_simulations_are_left_out():
+    simulator = Counter(fail=lambda theta: theta[:, 0] > 1.0)
+    with pytest.warns(UserWarning, match="NaN or inf"):
+        reports = train(
+            hierarchical(simulator, NLE(zuko.flows.MAF)),
+            num_simulations=500,
+            progress=False,
+            fit_options=FAST,
+        )
+    report = reports["x"]
+    expected = int((simulator.theta[:, 0] > 1.0).sum())
+    assert report.num_failed == expected > 0
+    assert len(report.x) == 500 - expected and torch.isfinite(report.x).all()
+
+
+def test_model_without_simulator_site_is_refused():
+    def model():
+        pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="no SimulatorDistribution"):
+        train(model, num_simulations=10)
+
+
+def test_seed_makes_training_reproducible():
+    def run():
+        likelihood = NLE(zuko.flows.MAF)
+        train(
+            hierarchical(Counter(), likelihood),
+            num_simulations=200,
+            seed=3,
+            progress=False,
+            fit_options=FAST,
+        )
+        return likelihood.log_prob(torch.zeros(2), torch.zeros(2))
+
+    assert torch.equal(run(), run())
