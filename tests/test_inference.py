@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import zuko
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
@@ -24,14 +25,14 @@ def closed_form(x_o):
 
 @pytest.fixture(scope="module")
 def linear_model():
-    likelihood = NLE()
+    likelihood = NLE(zuko.flows.MAF)
 
     def model(x_o=None):
         theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         with pyro.plate("trials", TRIALS):
             pyro.sample("x", SimulatorDistribution(linear_gaussian, theta, likelihood), obs=x_o)
 
-    train(model, num_simulations=10_000, seed=0, progress=False)
+    train(model, num_simulations=20_000, seed=0, progress=False)
     torch.manual_seed(123)
     x_o = linear_gaussian(torch.tensor([0.6, -0.9]).expand(TRIALS, 2))
     return model, x_o
@@ -63,7 +64,7 @@ def test_svi_autonormal_matches_closed_form(linear_model):
 
 @pytest.mark.slow
 def test_hierarchical_group_mean_is_covered():
-    likelihood = NLE()
+    likelihood = NLE(zuko.flows.MAF)
     subjects, trials = 8, 30
 
     def model(x_o=None):
