@@ -13,6 +13,7 @@ __all__ = ["Estimator", "UntrainedEstimatorError", "validation_off"]
 import contextlib
 import math
 import warnings
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -69,6 +70,12 @@ class Estimator(nn.Module):
         self.num_simulations = 0
         for name in ("theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max"):
             self.register_buffer(name, None)
+
+    def __getstate__(self) -> dict:
+        """Pickles without the cache of the last checked observation (a weak reference)."""
+        state = self.__dict__.copy()
+        state.pop("_last_checked", None)
+        return state
 
     # construction -------------------------------------------------------------------
 
@@ -214,6 +221,10 @@ class Estimator(nn.Module):
         """
         if not self.trained or x.requires_grad:
             return False
+        last, version = getattr(self, "_last_checked", (None, None))
+        if last is not None and last() is x and version == x._version:
+            return False  # the same observation again (each step of MCMC): checked already
+        self._last_checked = (weakref.ref(x), x._version)
         flat = x.detach().reshape(-1, self.x_features).to(self.x_min.dtype)
         width = self.x_max - self.x_min
         low, high = self.x_min - margin * width, self.x_max + margin * width

@@ -132,6 +132,7 @@ def test_early_stopping_restores_best_epoch():
 def test_pickles(trained):
     estimator, _ = trained
     theta, x = linear_gaussian(5)
+    estimator.warn_if_outside(x)  # leaves a weak reference behind
     clone = pickle.loads(pickle.dumps(estimator))
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
 
