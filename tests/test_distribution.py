@@ -2,27 +2,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from models import Counter, hierarchical
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
 from pyro_sbi import NLE, SimulatorDistribution, UntrainedEstimatorError
-
-
-class Counter:
-    """A linear-Gaussian simulator that counts the parameter vectors it receives."""
-
-    __name__ = "linear_gaussian"
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, theta):
-        self.calls.append(theta.clone())
-        return theta + 0.5 * torch.randn_like(theta)
-
-    @property
-    def count(self):
-        return sum(len(t) for t in self.calls)
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +51,9 @@ def test_x_shape_given_before_training():
         d.log_prob(torch.zeros(3, 2))
 
 
-def hierarchical(simulator, likelihood, subjects=4, trials=6):
-    def model(x_o=None):
-        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        with pyro.plate("subjects", subjects):
-            theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
-            with pyro.plate("trials", trials, dim=-2):
-                return pyro.sample(
-                    "x", SimulatorDistribution(simulator, theta, likelihood), obs=x_o
-                )
-
-    return model
-
-
 def test_nested_plates_broadcast_theta_over_trials(likelihood):
     simulator = Counter()
-    model = hierarchical(simulator, likelihood)
+    model = hierarchical(simulator, likelihood, subjects=4, trials=6)
     trace = pyro.poutine.trace(model).get_trace()
     site = trace.nodes["x"]
     assert site["value"].shape == (6, 4, 2)
@@ -102,7 +73,7 @@ def test_gradient_reaches_theta_and_not_the_estimator(likelihood):
 
 def test_vectorised_predictive_uses_the_simulator(likelihood):
     simulator = Counter()
-    model = hierarchical(simulator, likelihood)
+    model = hierarchical(simulator, likelihood, subjects=4, trials=6)
     x_o = torch.zeros(6, 4, 2)
     samples = {"mu": torch.randn(10, 1, 1, 2), "theta": torch.full((10, 1, 4, 2), 50.0)}
     predictive = Predictive(model, posterior_samples=samples, parallel=True, return_sites=["x"])
@@ -115,7 +86,7 @@ def test_vectorised_predictive_uses_the_simulator(likelihood):
 
 
 def test_svi_step_does_not_train_the_estimator(likelihood):
-    model = hierarchical(Counter(), likelihood)
+    model = hierarchical(Counter(), likelihood, subjects=4, trials=6)
     x_o = torch.randn(6, 4, 2)
     before = [p.clone() for p in likelihood.parameters()]
     svi = SVI(model, AutoNormal(model), pyro.optim.Adam({"lr": 0.01}), Trace_ELBO())
@@ -125,13 +96,13 @@ def test_svi_step_does_not_train_the_estimator(likelihood):
 
 
 def test_untrained_estimator_error_names_the_site():
-    model = hierarchical(Counter(), NLE())
+    model = hierarchical(Counter(), NLE(), subjects=4, trials=6)
     with pytest.raises(ValueError, match=r"(?s)site 'x'.*has not been trained.*pyro_sbi.train"):
         pyro.poutine.trace(model).get_trace(torch.zeros(6, 4, 2)).log_prob_sum()
 
 
 def test_wrong_observation_shape_names_the_site_and_shapes(likelihood):
-    model = hierarchical(Counter(), likelihood)
+    model = hierarchical(Counter(), likelihood, subjects=4, trials=6)
     with pytest.raises(ValueError, match=r"(?s)site 'x'.*event shape \(2,\).*shape \(6, 4, 3\)"):
         pyro.poutine.trace(model).get_trace(torch.zeros(6, 4, 3)).log_prob_sum()
 

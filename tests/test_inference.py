@@ -5,6 +5,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 import zuko
+from models import hierarchical
 from pyro.infer import MCMC, NUTS, SVI, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 
@@ -66,16 +67,7 @@ def test_svi_autonormal_matches_closed_form(linear_model):
 def test_hierarchical_group_mean_is_covered():
     likelihood = NLE(zuko.flows.MAF)
     subjects, trials = 8, 30
-
-    def model(x_o=None):
-        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        with pyro.plate("subjects", subjects):
-            theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
-            with pyro.plate("trials", trials, dim=-2):
-                pyro.sample(
-                    "x", SimulatorDistribution(linear_gaussian, theta, likelihood), obs=x_o
-                )
-
+    model = hierarchical(linear_gaussian, likelihood, subjects, trials)
     train(model, num_simulations=5000, seed=0, progress=False)
     mu_true = torch.tensor([0.8, -0.5])
     torch.manual_seed(7)

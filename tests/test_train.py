@@ -3,40 +3,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 import zuko
+from models import Counter, hierarchical
 
 from pyro_sbi import NLE, SimulatorDistribution, train
 
 FAST = {"max_epochs": 2}
-
-
-class Counter:
-    __name__ = "counter"
-
-    def __init__(self, fail=None):
-        self.calls = []
-        self.fail = fail
-
-    def __call__(self, theta):
-        self.calls.append(theta.clone())
-        x = theta + 0.5 * torch.randn_like(theta)
-        if self.fail is not None:
-            x[self.fail(theta)] = float("nan")
-        return x
-
-    @property
-    def theta(self):
-        return torch.cat(self.calls)
-
-
-def hierarchical(simulator, likelihood, subjects=8, trials=30):
-    def model(x_o=None):
-        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        with pyro.plate("subjects", subjects):
-            theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
-            with pyro.plate("trials", trials, dim=-2):
-                pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x_o)
-
-    return model
 
 
 @pytest.mark.parametrize("num_simulations", [2, 7, 1000])
