@@ -11,8 +11,9 @@ distributions that `zuko` and Pyro change on import are restored.
 __version__ = "0.1.0"
 
 __all__ = [
-    "NLE",
     "History",
+    "NLE",
+    "NRE",
     "SimulatorDistribution",
     "SiteReport",
     "UntrainedEstimatorError",
@@ -33,6 +34,7 @@ from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402
+from pyro_sbi.nre import NRE  # noqa: E402
 from pyro_sbi.simulate import simulate  # noqa: E402
 from pyro_sbi.train import SiteReport, train  # noqa: E402
 

@@ -175,6 +175,12 @@ class SimulatorDistribution(TorchDistribution):
         """
         estimator = self.estimator
         estimator.check_trained()
+        if not estimator.normalized and getattr(value, "requires_grad", False):
+            raise ValueError(
+                f"SimulatorDistribution({_name(self.simulator)}): the {type(estimator).__name__} "
+                "estimator gives log p(x | theta) - log p(x), which is not a density in x, so "
+                "the simulator site cannot be latent; observe it with pyro.sample(..., obs=x_o)"
+            )
         event_dim = len(estimator.x_shape)
         value = torch.as_tensor(value)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim :] != estimator.x_shape:

@@ -1,11 +1,10 @@
 import math
-import pickle
 
 import pytest
 import torch
 import zuko
 
-from pyro_sbi import NLE, UntrainedEstimatorError
+from pyro_sbi import NLE
 
 CONSTRUCTORS = {
     "nsf": lambda: NLE(),
@@ -25,35 +24,6 @@ def trained(request):
     theta, x = linear_gaussian(4000)
     history = estimator.fit(theta, x, max_epochs=60, progress=False, seed=0)
     return estimator, history
-
-
-def test_lazy_until_fit():
-    estimator = NLE()
-    assert not estimator.trained and estimator.flow is None and estimator.x_shape is None
-    with pytest.raises(UntrainedEstimatorError, match="train"):
-        estimator.log_prob(torch.zeros(2), torch.zeros(2))
-
-
-def test_fit_sets_shapes_and_freezes(trained):
-    estimator, history = trained
-    assert estimator.trained and estimator.theta_dim == 2 and estimator.x_shape == (2,)
-    assert not any(p.requires_grad for p in estimator.parameters())
-    assert history.epochs == len(history.validation_loss) >= 1
-    assert history.best_validation_loss == min(history.validation_loss)
-
-
-@pytest.mark.parametrize(
-    "x_shape, theta_shape, expected",
-    [
-        ((2,), (2,), ()),
-        ((5, 2), (2,), (5,)),
-        ((10, 1, 2), (3, 2), (10, 3)),
-        ((4, 2), (4, 2), (4,)),
-    ],
-)
-def test_log_prob_broadcasts(trained, x_shape, theta_shape, expected):
-    estimator, _ = trained
-    assert estimator.log_prob(torch.randn(x_shape), torch.randn(theta_shape)).shape == expected
 
 
 def test_log_prob_is_close_to_truth(trained):
@@ -107,12 +77,6 @@ def test_multidimensional_x_shape():
         estimator.log_prob(torch.randn(7, 4, 3), torch.randn(3))
 
 
-def test_rejects_wrong_theta_dimension(trained):
-    estimator, _ = trained
-    with pytest.raises(ValueError, match=r"theta must have shape \(\*, 2\)"):
-        estimator.log_prob(torch.zeros(2), torch.zeros(3))
-
-
 def test_seeded_fit_is_reproducible():
     theta, x = linear_gaussian(300)
     a, b = NLE(), NLE()
@@ -127,14 +91,6 @@ def test_early_stopping_restores_best_epoch():
     history = estimator.fit(theta, x, max_epochs=500, patience=3, progress=False, seed=0)
     assert history.stopped_early and history.epochs < 500
     assert history.best_epoch == history.epochs - 4
-
-
-def test_pickles(trained):
-    estimator, _ = trained
-    theta, x = linear_gaussian(5)
-    estimator.warn_if_outside(x)  # leaves a weak reference behind
-    clone = pickle.loads(pickle.dumps(estimator))
-    assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
 
 
 def test_warns_outside_training_range(trained):

@@ -1,0 +1,93 @@
+"""The checks every estimator passes, one constructor per case."""
+
+import pickle
+
+import pytest
+import torch
+import zuko
+
+from pyro_sbi import NLE, NRE, UntrainedEstimatorError
+
+CONSTRUCTORS = {
+    "NLE-NSF": lambda: NLE(),
+    "NLE-MAF": lambda: NLE(zuko.flows.MAF),
+    "NRE-A": lambda: NRE("A"),
+    "NRE-B": lambda: NRE("B", num_atoms=10),
+    "NRE-C": lambda: NRE("C", num_atoms=10, gamma=1.0),
+    "NRE-C-balanced": lambda: NRE("C", balance=100.0),
+}
+
+
+def pairs(n):
+    theta = torch.randn(n, 2)
+    return theta, theta + 0.5 * torch.randn(n, 2)
+
+
+@pytest.fixture(scope="module", params=list(CONSTRUCTORS))
+def trained(request):
+    torch.manual_seed(0)
+    estimator = CONSTRUCTORS[request.param]()
+    theta, x = pairs(2000)
+    history = estimator.fit(theta, x, max_epochs=15, progress=False, seed=0)
+    return estimator, history
+
+
+@pytest.mark.parametrize("name", list(CONSTRUCTORS))
+def test_lazy_until_fit(name):
+    estimator = CONSTRUCTORS[name]()
+    assert not estimator.trained and estimator.x_shape is None and estimator.theta_dim is None
+    with pytest.raises(UntrainedEstimatorError, match="train"):
+        estimator.log_prob(torch.zeros(2), torch.zeros(2))
+
+
+def test_fit_sets_shapes_and_freezes(trained):
+    estimator, history = trained
+    assert estimator.trained and estimator.theta_dim == 2 and estimator.x_shape == (2,)
+    assert not any(p.requires_grad for p in estimator.parameters())
+    assert history.epochs == len(history.validation_loss) >= 1
+    assert history.best_validation_loss == min(history.validation_loss)
+
+
+@pytest.mark.parametrize(
+    "x_shape, theta_shape, expected",
+    [
+        ((2,), (2,), ()),
+        ((5, 2), (2,), (5,)),
+        ((10, 1, 2), (3, 2), (10, 3)),
+        ((4, 2), (4, 2), (4,)),
+    ],
+)
+def test_log_prob_broadcasts(trained, x_shape, theta_shape, expected):
+    estimator, _ = trained
+    assert estimator.log_prob(torch.randn(x_shape), torch.randn(theta_shape)).shape == expected
+
+
+def test_log_prob_prefers_the_true_theta(trained):
+    estimator, _ = trained
+    theta, x = pairs(500)
+    joint = estimator.log_prob(x, theta)
+    marginal = estimator.log_prob(x, theta.roll(1, 0))
+    assert (joint > marginal).float().mean() > 0.8
+
+
+def test_log_prob_is_differentiable_in_theta(trained):
+    estimator, _ = trained
+    theta = torch.zeros(3, 2, requires_grad=True)
+    estimator.log_prob(torch.full((3, 2), 0.5), theta).sum().backward()
+    # d/dtheta log N(x; theta, 0.5) = (x - theta) / 0.25 = 2 > 0; log p(x) has no theta
+    assert torch.isfinite(theta.grad).all() and (theta.grad > 0).all()
+    assert all(p.grad is None for p in estimator.parameters())
+
+
+def test_rejects_wrong_theta_dimension(trained):
+    estimator, _ = trained
+    with pytest.raises(ValueError, match=r"theta must have shape \(\*, 2\)"):
+        estimator.log_prob(torch.zeros(2), torch.zeros(3))
+
+
+def test_pickles(trained):
+    estimator, _ = trained
+    theta, x = pairs(5)
+    estimator.warn_if_outside(x)  # leaves a weak reference behind
+    clone = pickle.loads(pickle.dumps(estimator))
+    assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
