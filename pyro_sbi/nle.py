@@ -92,6 +92,27 @@ class NLE(Estimator):
             features=self.x_features, context=self.theta_dim, **self.flow_options
         )
 
+    def config(self) -> dict:
+        """The constructor's options; the flow class by its name in `zuko.flows`."""
+        name = getattr(self.flow_class, "__name__", None)
+        build = name if getattr(zuko.flows, name or "", None) is self.flow_class else None
+        return {"build": build, "z_score": self.z_score, **self.flow_options}
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> NLE:
+        """An untrained `NLE` from :meth:`config`; pass `build=` for a custom flow class."""
+        config = dict(config)
+        name = config.pop("build")
+        if "build" not in overrides:
+            build = getattr(zuko.flows, name, None) if name is not None else None
+            if not (isinstance(build, type) and issubclass(build, zuko.flows.Flow)):
+                raise ValueError(
+                    "the saved NLE used a flow class outside zuko.flows: pass it again, "
+                    "NLE.load(path, build=MyFlow)"
+                )
+            overrides["build"] = build
+        return cls(**{**config, **overrides})
+
     def extra_repr(self) -> str:
         """Name of the flow class."""
         return f"build={getattr(self.flow_class, '__name__', self.flow_class)}"

@@ -11,14 +11,20 @@ from __future__ import annotations
 __all__ = ["Estimator", "UntrainedEstimatorError", "validation_off"]
 
 import contextlib
+import json
 import math
+import pickle
 import warnings
 import weakref
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
+
+FORMAT_VERSION = 1
+_BUFFERS = ("theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max")
 
 
 class UntrainedEstimatorError(ValueError):
@@ -68,7 +74,7 @@ class Estimator(nn.Module):
         self.x_shape: Size | None = None
         self.theta_dim: int | None = None
         self.num_simulations = 0
-        for name in ("theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max"):
+        for name in _BUFFERS:
             self.register_buffer(name, None)
 
     def __getstate__(self) -> dict:
@@ -150,6 +156,96 @@ class Estimator(nn.Module):
         self.requires_grad_(False)
         self.eval()
         return history
+
+    # saving ---------------------------------------------------------------------------
+
+    def config(self) -> dict:
+        """The constructor's keyword arguments as JSON-compatible values (for :meth:`save`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> Estimator:
+        """Builds an untrained estimator from :meth:`config`; `overrides` take precedence."""
+        return cls(**{**config, **overrides})
+
+    def save(self, path: str | Path) -> None:
+        r"""Writes the trained estimator to one file, without pickling any object.
+
+        The file holds the weights and z-score statistics (tensors) and a JSON string
+        with the format version, the class, the constructor options, the shapes and the
+        number of training simulations. Read it back with :meth:`load`.
+
+        Arguments:
+            path: where to write.
+        """
+        self.check_trained()
+        header = {
+            "format": FORMAT_VERSION,
+            "class": type(self).__name__,
+            "options": self.config(),
+            "x_shape": list(self.x_shape),
+            "theta_dim": self.theta_dim,
+            "num_simulations": self.num_simulations,
+        }
+        torch.save({"header": json.dumps(header), "state": self.state_dict()}, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> Estimator:
+        r"""Reads an estimator written by :meth:`save`.
+
+        The file is read with `torch.load(..., weights_only=True)`: a file carrying a
+        pickled object is refused.
+
+        Arguments:
+            path: the file.
+            overrides: constructor options that JSON cannot carry (an embedding network,
+                a flow class outside `zuko.flows`).
+
+        Returns:
+            The trained estimator, frozen, on the CPU.
+
+        Example:
+            >>> import tempfile, zuko
+            >>> from pyro_sbi import NLE
+            >>> theta = torch.randn(300, 1)
+            >>> estimator = NLE(zuko.flows.MAF)
+            >>> _ = estimator.fit(theta, theta + torch.randn(300, 1), max_epochs=1, progress=False)
+            >>> with tempfile.TemporaryDirectory() as folder:
+            ...     estimator.save(f"{folder}/nle.pt")
+            ...     clone = NLE.load(f"{folder}/nle.pt")
+            >>> clone.log_prob(torch.zeros(1), torch.zeros(1)) == estimator.log_prob(
+            ...     torch.zeros(1), torch.zeros(1))
+            tensor(True)
+        """
+        try:
+            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise ValueError(
+                f"{path} is not a pyro_sbi estimator file: it carries objects that loading "
+                f"would have to unpickle, which is refused ({error})"
+            ) from None
+        if not isinstance(payload, dict) or set(payload) != {"header", "state"}:
+            raise ValueError(f"{path} is not a pyro_sbi estimator file")
+        header = json.loads(payload["header"])
+        if header.get("format") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format version {header.get('format')}; this version of pyro_sbi "
+                f"reads version {FORMAT_VERSION}"
+            )
+        if header["class"] != cls.__name__:
+            raise ValueError(f"{path} holds a {header['class']}, not a {cls.__name__}")
+        estimator = cls.from_config(header["options"], **overrides)
+        state = payload["state"]
+        estimator.theta_dim = header["theta_dim"]
+        estimator.x_shape = Size(header["x_shape"])
+        for name in _BUFFERS:
+            setattr(estimator, name, state[name])
+        estimator._build()
+        estimator.load_state_dict(state)
+        estimator.num_simulations = header["num_simulations"]
+        estimator.requires_grad_(False)
+        estimator.eval()
+        return estimator
 
     # evaluation ---------------------------------------------------------------------
 

@@ -194,6 +194,36 @@ class NRE(Estimator):
             self.activation,
         )
 
+    def config(self) -> dict:
+        """The constructor's options; the activation by its name in `torch.nn`."""
+        return {
+            "variant": self.variant,
+            "num_atoms": self.num_atoms,
+            "gamma": self.gamma,
+            "balance": self.balance,
+            "hidden_features": self.hidden_features,
+            "num_blocks": self.num_blocks,
+            "activation": self.activation.__name__,
+            "embedding": None if self.embedding is None else type(self.embedding).__name__,
+            "z_score": self.z_score,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> NRE:
+        """An untrained `NRE` from :meth:`config`; pass `embedding=` if one was used."""
+        config = dict(config)
+        embedding = config.pop("embedding")
+        if embedding is not None and "embedding" not in overrides:
+            raise ValueError(
+                f"the saved NRE used an embedding network ({embedding}): pass a new instance, "
+                "NRE.load(path, embedding=...)"
+            )
+        activation = getattr(nn, config["activation"], None)
+        if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+            raise ValueError(f"unknown activation {config['activation']!r} in the saved NRE")
+        config["activation"] = activation
+        return cls(**{**config, **overrides})
+
     def extra_repr(self) -> str:
         """Variant and its hyper-parameters."""
         return (

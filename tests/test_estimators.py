@@ -91,3 +91,49 @@ def test_pickles(trained):
     estimator.warn_if_outside(x)  # leaves a weak reference behind
     clone = pickle.loads(pickle.dumps(estimator))
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    estimator, _ = trained
+    estimator.save(tmp_path / "estimator.pt")
+    clone = type(estimator).load(tmp_path / "estimator.pt")
+    theta, x = pairs(7)
+    assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
+    assert clone.x_shape == estimator.x_shape and clone.trained
+    assert not any(p.requires_grad for p in clone.parameters())
+
+
+class Payload:
+    """Stands for arbitrary code that unpickling would run."""
+
+
+def test_load_refuses_pickled_objects(tmp_path):
+    path = tmp_path / "tampered.pt"
+    torch.save({"header": "{}", "state": Payload()}, path)
+    with pytest.raises(ValueError, match="unpickle"):
+        NLE.load(path)
+
+
+def test_load_refuses_another_class(tmp_path):
+    estimator = NLE(zuko.flows.MAF)
+    theta, x = pairs(100)
+    estimator.fit(theta, x, max_epochs=1, progress=False)
+    estimator.save(tmp_path / "nle.pt")
+    with pytest.raises(ValueError, match="holds a NLE, not a NRE"):
+        NRE.load(tmp_path / "nle.pt")
+
+
+def test_save_needs_a_trained_estimator(tmp_path):
+    with pytest.raises(UntrainedEstimatorError):
+        NLE().save(tmp_path / "nle.pt")
+
+
+def test_nre_with_embedding_needs_it_again(tmp_path):
+    estimator = NRE(embedding=torch.nn.Linear(2, 3))
+    theta, x = pairs(100)
+    estimator.fit(theta, x, max_epochs=1, progress=False)
+    estimator.save(tmp_path / "nre.pt")
+    with pytest.raises(ValueError, match="embedding"):
+        NRE.load(tmp_path / "nre.pt")
+    clone = NRE.load(tmp_path / "nre.pt", embedding=torch.nn.Linear(2, 3))
+    assert torch.equal(clone.log_prob(x[:3], theta[:3]), estimator.log_prob(x[:3], theta[:3]))
