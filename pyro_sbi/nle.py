@@ -141,7 +141,7 @@ class NLE(Estimator):
         Returns:
             `(*)` log-densities over the broadcast batch shape.
         """
-        x_z, theta_z, _ = self._prepare(x, theta)
+        x_z, theta_z = self._prepare(x, theta)
         with validation_off():
             log_p = self.flow(theta_z).log_prob(x_z)
         return log_p - self.x_scale.log().sum()

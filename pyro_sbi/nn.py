@@ -264,7 +264,7 @@ class Estimator(nn.Module):
         event_dim = len(self.x_shape) if self.x_shape is not None else 1
         return constraints.independent(constraints.real, event_dim)
 
-    def _prepare(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor, Size]:
+    def _prepare(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         r"""Broadcasts and z-scores a pair for the networks.
 
         Arguments:
@@ -272,7 +272,7 @@ class Estimator(nn.Module):
             theta: `(*, D)` parameters.
 
         Returns:
-            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape, and that shape.
+            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape.
         """
         self.check_trained()
         event_dim = len(self.x_shape)
@@ -290,8 +290,7 @@ class Estimator(nn.Module):
         batch = torch.broadcast_shapes(x_batch, theta.shape[:-1])
         x = x.reshape(x_batch + (self.x_features,)).expand(batch + (self.x_features,))
         theta = theta.expand(batch + (self.theta_dim,))
-        x_z, theta_z = self._standardize(x, theta)
-        return x_z, theta_z, batch
+        return self._standardize(x, theta)
 
     def _standardize(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
         """Z-scores flat `x (*, L)` and `theta (*, D)` with the training statistics."""

@@ -301,7 +301,7 @@ class NRE(Estimator):
         Returns:
             `(*)` log-ratios over the broadcast batch shape.
         """
-        x_z, theta_z, _ = self._prepare(x, theta)
+        x_z, theta_z = self._prepare(x, theta)
         return self._logit(self._embed(x_z), theta_z)
 
 
