@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "History",
+    "MNLE",
     "NLE",
     "NRE",
     "SimulatorDistribution",
@@ -32,6 +33,7 @@ _arg_constraints = _Distribution.__dict__["arg_constraints"]
 
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
+from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402

@@ -48,7 +48,7 @@ import zuko
 from torch import Size, Tensor
 from torch.distributions import Distribution, constraints
 
-from pyro_sbi.nn import Estimator, validation_off
+from pyro_sbi.nn import Estimator, flow_by_name, flow_name, validation_off
 
 
 class NLE(Estimator):
@@ -94,9 +94,7 @@ class NLE(Estimator):
 
     def config(self) -> dict:
         """The constructor's options; the flow class by its name in `zuko.flows`."""
-        name = getattr(self.flow_class, "__name__", None)
-        build = name if getattr(zuko.flows, name or "", None) is self.flow_class else None
-        return {"build": build, "z_score": self.z_score, **self.flow_options}
+        return {"build": flow_name(self.flow_class), "z_score": self.z_score, **self.flow_options}
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> NLE:
@@ -104,13 +102,7 @@ class NLE(Estimator):
         config = dict(config)
         name = config.pop("build")
         if "build" not in overrides:
-            build = getattr(zuko.flows, name, None) if name is not None else None
-            if not (isinstance(build, type) and issubclass(build, zuko.flows.Flow)):
-                raise ValueError(
-                    "the saved NLE used a flow class outside zuko.flows: pass it again, "
-                    "NLE.load(path, build=MyFlow)"
-                )
-            overrides["build"] = build
+            overrides["build"] = flow_by_name(name, cls.__name__)
         return cls(**{**config, **overrides})
 
     def extra_repr(self) -> str:

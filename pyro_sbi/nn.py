@@ -3,12 +3,21 @@ r"""Network pieces shared by every estimator.
 :class:`Estimator` is the small base that `NLE` (and later estimators) build on: lazy
 construction at the first :meth:`Estimator.fit`, z-scoring statistics learned from the
 training data, shape bookkeeping for `x`, the "trained?" check and the local-validity
-warning. Each method keeps its network and loss in its own module.
+warning. :class:`ResidualMLP` is the plain network that classifiers and discrete heads
+share. Each method keeps its loss in its own module.
 """
 
 from __future__ import annotations
 
-__all__ = ["Estimator", "UntrainedEstimatorError", "validation_off"]
+__all__ = [
+    "Estimator",
+    "ResidualMLP",
+    "UntrainedEstimatorError",
+    "activation_by_name",
+    "flow_by_name",
+    "flow_name",
+    "validation_off",
+]
 
 import contextlib
 import json
@@ -20,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+import zuko
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
@@ -51,6 +61,46 @@ def validation_off() -> Iterator[None]:
         yield
     finally:
         Distribution._validate_args = previous
+
+
+def flow_name(flow_class: object) -> str | None:
+    """The name of a flow class in `zuko.flows`, or `None` for a class from elsewhere.
+
+    Example:
+        >>> flow_name(zuko.flows.MAF), flow_name(object)
+        ('MAF', None)
+    """
+    name = getattr(flow_class, "__name__", None)
+    return name if getattr(zuko.flows, name or "", None) is flow_class else None
+
+
+def flow_by_name(name: str | None, owner: str) -> type[zuko.flows.Flow]:
+    """The flow class `zuko.flows.<name>`; a clear error for a custom class (`name=None`).
+
+    Arguments:
+        name: a name written by :func:`flow_name`.
+        owner: the estimator class reading it, for the message.
+    """
+    build = getattr(zuko.flows, name, None) if name is not None else None
+    if not (isinstance(build, type) and issubclass(build, zuko.flows.Flow)):
+        raise ValueError(
+            f"the saved {owner} used a flow class outside zuko.flows: pass it again, "
+            f"{owner}.load(path, build=MyFlow)"
+        )
+    return build
+
+
+def activation_by_name(name: str, owner: str) -> type[nn.Module]:
+    """The activation class `torch.nn.<name>`, or a clear error.
+
+    Example:
+        >>> activation_by_name("ELU", "NRE")
+        <class 'torch.nn.modules.activation.ELU'>
+    """
+    activation = getattr(nn, name, None)
+    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
+        raise ValueError(f"unknown activation {name!r} in the saved {owner}")
+    return activation
 
 
 class Estimator(nn.Module):
@@ -123,7 +173,7 @@ class Estimator(nn.Module):
         self.x_shape = Size(x.shape[1:])
         flat = x.reshape(len(x), -1)
         self.theta_loc, self.theta_scale = _loc_scale(theta, self.z_score)
-        self.x_loc, self.x_scale = _loc_scale(flat, self.z_score)
+        self.x_loc, self.x_scale = _loc_scale(self._transform(flat), self.z_score)
         self.x_min, self.x_max = flat.min(0).values, flat.max(0).values
         self.num_simulations = 0
         self._build()
@@ -292,10 +342,14 @@ class Estimator(nn.Module):
         theta = theta.expand(batch + (self.theta_dim,))
         return self._standardize(x, theta)
 
+    def _transform(self, x: Tensor) -> Tensor:
+        """A fixed per-column map of flat `x (*, L)` applied before z-scoring (identity)."""
+        return x
+
     def _standardize(self, x: Tensor, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """Z-scores flat `x (*, L)` and `theta (*, D)` with the training statistics."""
+        """Z-scores flat `x (*, L)` (after :meth:`_transform`) and `theta (*, D)`."""
         dtype = self.x_loc.dtype
-        x_z = (x.to(dtype) - self.x_loc) / self.x_scale
+        x_z = (self._transform(x.to(dtype)) - self.x_loc) / self.x_scale
         theta_z = (theta.to(dtype) - self.theta_loc) / self.theta_scale
         return x_z, theta_z
 
@@ -335,6 +389,62 @@ class Estimator(nn.Module):
             stacklevel=3,
         )
         return True
+
+
+class ResidualMLP(nn.Module):
+    r"""A residual multi-layer perceptron, `(*, in_features) -> (*, out_features)`.
+
+    A linear layer to `hidden_features`, `num_blocks` residual blocks
+    `h + W_2 act(W_1 act(h))` whose last layer starts at zero (so each block starts as
+    the identity), then `act` and a linear output layer.
+
+    Arguments:
+        in_features: input size.
+        out_features: output size.
+        hidden_features: width of the hidden layers.
+        num_blocks: number of residual blocks.
+        activation: the activation class (e.g. `nn.ELU`).
+
+    Example:
+        >>> net = ResidualMLP(3, 2, hidden_features=16)
+        >>> net(torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden_features: int = 64,
+        num_blocks: int = 2,
+        activation: type[nn.Module] = nn.ELU,
+    ) -> None:
+        super().__init__()
+        self.inner = nn.Linear(in_features, hidden_features)
+        self.blocks = nn.ModuleList(_Block(hidden_features, activation) for _ in range(num_blocks))
+        self.outer = nn.Sequential(activation(), nn.Linear(hidden_features, out_features))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """`(*, in_features) -> (*, out_features)`."""
+        h = self.inner(h)
+        for block in self.blocks:
+            h = block(h)
+        return self.outer(h)
+
+
+class _Block(nn.Module):
+    """`h + W2 act(W1 act(h))`, with the last layer started at zero (an identity)."""
+
+    def __init__(self, hidden: int, activation: type[nn.Module]) -> None:
+        super().__init__()
+        last = nn.Linear(hidden, hidden)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(activation(), nn.Linear(hidden, hidden), activation(), last)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.net(h)
 
 
 def _loc_scale(data: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:

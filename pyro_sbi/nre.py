@@ -103,7 +103,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from pyro_sbi.nn import Estimator
+from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name
 
 _VARIANTS = ("A", "B", "C")
 
@@ -187,11 +187,12 @@ class NRE(Estimator):
         if self.embedding is not None:
             with torch.no_grad():
                 features = self._embed(torch.zeros(1, features)).shape[-1]
-        self.classifier = _ResidualMLP(
+        self.classifier = ResidualMLP(
             features + self.theta_dim,
-            self.hidden_features,
-            self.num_blocks,
-            self.activation,
+            1,
+            hidden_features=self.hidden_features,
+            num_blocks=self.num_blocks,
+            activation=self.activation,
         )
 
     def config(self) -> dict:
@@ -218,10 +219,7 @@ class NRE(Estimator):
                 f"the saved NRE used an embedding network ({embedding}): pass a new instance, "
                 "NRE.load(path, embedding=...)"
             )
-        activation = getattr(nn, config["activation"], None)
-        if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
-            raise ValueError(f"unknown activation {config['activation']!r} in the saved NRE")
-        config["activation"] = activation
+        config["activation"] = activation_by_name(config["activation"], cls.__name__)
         return cls(**{**config, **overrides})
 
     def extra_repr(self) -> str:
@@ -303,35 +301,3 @@ class NRE(Estimator):
         """
         x_z, theta_z = self._prepare(x, theta)
         return self._logit(self._embed(x_z), theta_z)
-
-
-class _ResidualMLP(nn.Module):
-    """`(*, features) -> (*, 1)`: a linear layer, residual blocks, a linear output."""
-
-    def __init__(
-        self, features: int, hidden: int, num_blocks: int, activation: type[nn.Module]
-    ) -> None:
-        super().__init__()
-        self.inner = nn.Linear(features, hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, activation) for _ in range(num_blocks))
-        self.outer = nn.Sequential(activation(), nn.Linear(hidden, 1))
-
-    def forward(self, h: Tensor) -> Tensor:
-        h = self.inner(h)
-        for block in self.blocks:
-            h = block(h)
-        return self.outer(h)
-
-
-class _Block(nn.Module):
-    """`h + W2 act(W1 act(h))`, with the last layer started at zero (an identity)."""
-
-    def __init__(self, hidden: int, activation: type[nn.Module]) -> None:
-        super().__init__()
-        last = nn.Linear(hidden, hidden)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(activation(), nn.Linear(hidden, hidden), activation(), last)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.net(h)

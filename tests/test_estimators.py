@@ -6,35 +6,57 @@ import pytest
 import torch
 import zuko
 
-from pyro_sbi import NLE, NRE, UntrainedEstimatorError
+from pyro_sbi import MNLE, NLE, NRE, UntrainedEstimatorError
 
+
+def gaussian(theta):
+    """x ~ N(theta, 0.5^2): both columns continuous."""
+    return theta + 0.5 * torch.randn_like(theta)
+
+
+def mixed(theta):
+    """x = (N(theta_0, 0.5^2), Bernoulli(sigmoid(3 theta_1))): a continuous and a binary column."""
+    return torch.stack(
+        [
+            theta[:, 0] + 0.5 * torch.randn(len(theta)),
+            torch.bernoulli(torch.sigmoid(3 * theta[:, 1])),
+        ],
+        dim=-1,
+    )
+
+
+# name: (constructor, simulator of its data)
 CONSTRUCTORS = {
-    "NLE-NSF": lambda: NLE(),
-    "NLE-MAF": lambda: NLE(zuko.flows.MAF),
-    "NRE-A": lambda: NRE("A"),
-    "NRE-B": lambda: NRE("B", num_atoms=10),
-    "NRE-C": lambda: NRE("C", num_atoms=10, gamma=1.0),
-    "NRE-C-balanced": lambda: NRE("C", balance=100.0),
+    "NLE-NSF": (lambda: NLE(), gaussian),
+    "NLE-MAF": (lambda: NLE(zuko.flows.MAF), gaussian),
+    "NRE-A": (lambda: NRE("A"), gaussian),
+    "NRE-B": (lambda: NRE("B", num_atoms=10), gaussian),
+    "NRE-C": (lambda: NRE("C", num_atoms=10, gamma=1.0), gaussian),
+    "NRE-C-balanced": (lambda: NRE("C", balance=100.0), gaussian),
+    "MNLE": (lambda: MNLE(discrete=[1]), mixed),
+    "MNLE-MAF": (lambda: MNLE(discrete=[-1], build=zuko.flows.MAF), mixed),
 }
 
 
-def pairs(n):
+def pairs(n, simulator=gaussian):
     theta = torch.randn(n, 2)
-    return theta, theta + 0.5 * torch.randn(n, 2)
+    return theta, simulator(theta)
 
 
 @pytest.fixture(scope="module", params=list(CONSTRUCTORS))
 def trained(request):
     torch.manual_seed(0)
-    estimator = CONSTRUCTORS[request.param]()
-    theta, x = pairs(2000)
+    constructor, simulator = CONSTRUCTORS[request.param]
+    estimator = constructor()
+    theta, x = pairs(2000, simulator)
     history = estimator.fit(theta, x, max_epochs=15, progress=False, seed=0)
+    estimator.simulator = simulator
     return estimator, history
 
 
 @pytest.mark.parametrize("name", list(CONSTRUCTORS))
 def test_lazy_until_fit(name):
-    estimator = CONSTRUCTORS[name]()
+    estimator = CONSTRUCTORS[name][0]()
     assert not estimator.trained and estimator.x_shape is None and estimator.theta_dim is None
     with pytest.raises(UntrainedEstimatorError, match="train"):
         estimator.log_prob(torch.zeros(2), torch.zeros(2))
@@ -59,12 +81,13 @@ def test_fit_sets_shapes_and_freezes(trained):
 )
 def test_log_prob_broadcasts(trained, x_shape, theta_shape, expected):
     estimator, _ = trained
-    assert estimator.log_prob(torch.randn(x_shape), torch.randn(theta_shape)).shape == expected
+    x = estimator.simulator(torch.randn(x_shape).reshape(-1, 2)).reshape(x_shape)
+    assert estimator.log_prob(x, torch.randn(theta_shape)).shape == expected
 
 
 def test_log_prob_prefers_the_true_theta(trained):
     estimator, _ = trained
-    theta, x = pairs(500)
+    theta, x = pairs(500, estimator.simulator)
     joint = estimator.log_prob(x, theta)
     marginal = estimator.log_prob(x, theta.roll(1, 0))
     assert (joint > marginal).float().mean() > 0.8
@@ -73,8 +96,9 @@ def test_log_prob_prefers_the_true_theta(trained):
 def test_log_prob_is_differentiable_in_theta(trained):
     estimator, _ = trained
     theta = torch.zeros(3, 2, requires_grad=True)
-    estimator.log_prob(torch.full((3, 2), 0.5), theta).sum().backward()
-    # d/dtheta log N(x; theta, 0.5) = (x - theta) / 0.25 = 2 > 0; log p(x) has no theta
+    estimator.log_prob(torch.tensor([0.5, 1.0]).expand(3, 2), theta).sum().backward()
+    # d/dtheta log N(x; theta, 0.5) = (x - theta) / 0.25 > 0 at x = (0.5, 1), theta = 0;
+    # d/dtheta_1 log sigmoid(3 theta_1) > 0 for the binary column; log p(x) has no theta
     assert torch.isfinite(theta.grad).all() and (theta.grad > 0).all()
     assert all(p.grad is None for p in estimator.parameters())
 
@@ -87,7 +111,7 @@ def test_rejects_wrong_theta_dimension(trained):
 
 def test_pickles(trained):
     estimator, _ = trained
-    theta, x = pairs(5)
+    theta, x = pairs(5, estimator.simulator)
     estimator.warn_if_outside(x)  # leaves a weak reference behind
     clone = pickle.loads(pickle.dumps(estimator))
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
@@ -97,7 +121,7 @@ def test_save_load_round_trip(trained, tmp_path):
     estimator, _ = trained
     estimator.save(tmp_path / "estimator.pt")
     clone = type(estimator).load(tmp_path / "estimator.pt")
-    theta, x = pairs(7)
+    theta, x = pairs(7, estimator.simulator)
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
     assert clone.x_shape == estimator.x_shape and clone.trained
     assert not any(p.requires_grad for p in clone.parameters())

@@ -1,0 +1,145 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_sbi import MNLE, SimulatorDistribution
+
+
+def log_normal_choice(theta):
+    """theta (n, 1) -> x (n, 2): a log-normal time whose scale depends on a binary choice."""
+    choice = torch.bernoulli(torch.sigmoid(2 * theta[:, 0]))
+    rt = torch.exp(0.5 * theta[:, 0] + 0.3 * choice + 0.3 * torch.randn(len(theta)))
+    return torch.stack([rt, choice], dim=-1)
+
+
+def true_log_prob(x, theta):
+    p = torch.sigmoid(2 * theta[..., 0])
+    choice = x[..., 1]
+    log_c = torch.where(choice == 1, p.log(), (1 - p).log())
+    rt = dist.LogNormal(0.5 * theta[..., 0] + 0.3 * choice, 0.3)
+    return log_c + rt.log_prob(x[..., 0])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    theta = 2 * torch.rand(5000, 1) - 1
+    estimator = MNLE(discrete=[1], log_transform=True)
+    estimator.fit(theta, log_normal_choice(theta), progress=False, seed=0)
+    return estimator
+
+
+@pytest.mark.parametrize("theta", [-0.8, 0.0, 0.7])
+def test_normalised_over_choice_and_time(trained, theta):
+    rt = torch.linspace(1e-4, 30.0, 300_001)
+    total = 0.0
+    for choice in (0.0, 1.0):
+        x = torch.stack([rt, torch.full_like(rt, choice)], dim=-1)
+        total += torch.trapezoid(trained.log_prob(x, torch.tensor([theta])).exp(), rt)
+    assert abs(total - 1) < 1e-3
+
+
+def test_close_to_the_true_likelihood(trained):
+    theta = 2 * torch.rand(2000, 1) - 1
+    x = log_normal_choice(theta)
+    error = trained.log_prob(x, theta) - true_log_prob(x, theta)
+    assert error.mean().abs() < 0.05 and error.std() < 0.15
+
+
+def test_samples_follow_the_choice_probability(trained):
+    theta = torch.tensor([[0.4]])
+    x = trained(theta).sample((4000,))
+    assert x.shape == (4000, 1, 2) and (x[..., 0] > 0).all()
+    assert set(x[..., 1].unique().tolist()) == {0.0, 1.0}
+    p = torch.sigmoid(torch.tensor(0.8))
+    assert abs(x[..., 1].mean() - p) < 4 * math.sqrt(p * (1 - p) / 4000) + 0.02
+
+
+def test_rejects_non_integer_and_unseen_values(trained):
+    with pytest.raises(ValueError, match="must hold integers; got 0.5"):
+        trained.log_prob(torch.tensor([1.0, 0.5]), torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="outside the range seen"):
+        trained.log_prob(torch.tensor([1.0, 2.0]), torch.tensor([0.0]))
+
+
+def test_non_positive_log_scaled_value_has_zero_density(trained):
+    log_p = trained.log_prob(torch.tensor([[-1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), torch.zeros(1))
+    assert log_p[:2].eq(-math.inf).all() and log_p[2].isfinite()
+
+
+def test_support_marks_integer_and_positive_columns(trained):
+    x = torch.tensor([[1.0, 1.0], [1.0, 0.5], [-1.0, 0.0], [2.0, -1.0]])
+    assert trained.support.check(x).tolist() == [True, False, False, False]
+    assert trained.support.event_dim == 1
+
+
+def test_simulator_distribution_checks_the_discrete_column(trained):
+    theta = torch.zeros(1)
+    d = SimulatorDistribution(log_normal_choice, theta, trained)
+    assert d.support.check(torch.tensor([1.0, 1.0]))
+    with pytest.raises(ValueError, match="support"):  # validation is on in the tests
+        d.log_prob(torch.tensor([1.0, 0.5]))
+    with pyro.validation_enabled(False), pytest.raises(ValueError, match="integers"):
+        SimulatorDistribution(log_normal_choice, theta, trained).log_prob(torch.tensor([1.0, 0.5]))
+
+
+def test_plate_of_trials(trained):
+    def model(x_o):
+        theta = pyro.sample("theta", dist.Uniform(-1.0, 1.0).expand([1]).to_event(1))
+        with pyro.plate("trials", len(x_o)):
+            pyro.sample("x", SimulatorDistribution(log_normal_choice, theta, trained), obs=x_o)
+
+    x_o = log_normal_choice(torch.full((20, 1), 0.3))
+    trace = pyro.poutine.trace(model).get_trace(x_o)
+    trace.compute_log_prob()
+    assert trace.nodes["x"]["log_prob"].shape == (20,)
+    expected = trained.log_prob(x_o, trace.nodes["theta"]["value"])
+    assert torch.allclose(trace.nodes["x"]["log_prob"], expected)
+
+
+def test_several_discrete_columns():
+    torch.manual_seed(1)
+    theta = torch.rand(3000, 1)
+    a = torch.bernoulli(theta.expand(-1, 1))
+    b = torch.randint(0, 3, (3000, 1)).float()
+    x = torch.cat([a, theta + 0.1 * torch.randn(3000, 1) + b, b], dim=-1)
+    estimator = MNLE(discrete=[0, 2])
+    estimator.fit(theta, x, max_epochs=3, progress=False, seed=0)
+    assert estimator.num_classes == [2, 3] and estimator.continuous == [1]
+    grid = torch.linspace(-3, 6, 20_001)
+    total = 0.0
+    for i in range(2):
+        for j in range(3):
+            values = torch.stack([torch.full_like(grid, i), grid, torch.full_like(grid, j)], -1)
+            total += torch.trapezoid(estimator.log_prob(values, torch.tensor([0.5])).exp(), grid)
+    assert abs(total - 1) < 1e-3
+    assert estimator(torch.tensor([0.5])).sample((7,)).shape == (7, 3)
+
+
+@pytest.mark.parametrize(
+    "options, x, message",
+    [
+        ({"discrete": []}, None, "at least one discrete"),
+        ({"discrete": [2]}, torch.ones(50, 2), "within the 2 columns"),
+        ({"discrete": [0, 1]}, torch.ones(50, 2), "every column of x is discrete"),
+        ({"discrete": [1]}, torch.full((50, 2), 0.5), "non-negative integers"),
+        (
+            {"discrete": [1], "log_transform": True},
+            torch.tensor([[-1.0, 1.0]]).repeat(50, 1),
+            "positive values",
+        ),
+        ({"discrete": [1], "log_transform": [1]}, torch.ones(50, 2), "continuous columns"),
+    ],
+)
+def test_clear_errors(options, x, message):
+    with pytest.raises(ValueError, match=message):
+        estimator = MNLE(**options)
+        estimator.fit(torch.randn(len(x), 1), x, max_epochs=1, progress=False)
+
+
+def test_needs_a_vector_of_columns():
+    with pytest.raises(ValueError, match=r"\(n, L\)"):
+        MNLE(discrete=[1]).fit(torch.randn(50, 1), torch.ones(50, 2, 2), progress=False)
