@@ -19,6 +19,7 @@ __all__ = [
     "SiteReport",
     "UntrainedEstimatorError",
     "__version__",
+    "c2st",
     "fit",
     "simulate",
     "train",
@@ -31,6 +32,7 @@ from torch.distributions import Distribution as _Distribution
 _validate_args = _Distribution._validate_args
 _arg_constraints = _Distribution.__dict__["arg_constraints"]
 
+from pyro_sbi.diagnostics import c2st  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
