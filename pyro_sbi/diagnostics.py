@@ -37,7 +37,8 @@ def c2st(
     split into `folds` folds; an MLP with two hidden layers of `hidden_features`
     (default `10 D`, as in the SBI benchmark) is trained with full-batch Adam on all
     folds but one and scored on the held-out fold. The larger set is subsampled to the
-    size of the smaller one, so that chance is exactly 0.5.
+    size of the smaller one and every fold holds as many samples of `a` as of `b`, so
+    that chance is 0.5.
 
     Arguments:
         a: `(n, D)` samples (e.g. from the reference posterior).
@@ -63,6 +64,9 @@ def c2st(
     b = b.reshape(len(b), -1).to(torch.get_default_dtype())
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"c2st: samples of different sizes {tuple(a.shape)}, {tuple(b.shape)}")
+    bad = int((~a.isfinite()).any(-1).sum() + (~b.isfinite()).any(-1).sum())
+    if bad:
+        raise ValueError(f"c2st: {bad} samples hold NaN or inf; remove them first")
     n = min(len(a), len(b))
     if n < folds:
         raise ValueError(f"c2st needs at least folds={folds} samples in each set; got {n}")
@@ -75,7 +79,7 @@ def c2st(
         loc, scale = a.mean(0), a.std(0).clamp_min(1e-12)
         data = (torch.cat([a, b]) - loc) / scale
         labels = torch.cat([torch.zeros(n), torch.ones(n)])
-        fold = torch.randperm(2 * n) % folds
+        fold = torch.cat([torch.randperm(n) % folds, torch.randperm(n) % folds])  # balanced
         accuracies = []
         for k in range(folds):
             train, test = fold != k, fold == k

@@ -35,9 +35,9 @@ The density of :math:`r` then carries the Jacobian,
 
     \log q(r \mid c, \theta) = \log q_s(\log r \mid c, \theta) - \sum_j \log r_j ,
 
-and, after z-scoring :math:`s` with mean :math:`\mu` and scale :math:`\sigma`, a
-further :math:`-\sum_j \log \sigma_j`, so the density of the original :math:`x` stays
-exact.
+and z-scoring every continuous column (log-scaled or not) with mean :math:`\mu_j` and
+scale :math:`\sigma_j` adds :math:`-\sum_j \log \sigma_j`, so the density of the
+original :math:`x` stays exact.
 
 References:
     | Flexible and efficient simulation-based inference for models of decision-making
@@ -89,11 +89,11 @@ class MNLE(Estimator):
             columns must be positive in the training data; the density stays exact
             (the Jacobian is included) and is zero for non-positive values.
         build: the zuko flow class of the continuous part (`zuko.flows.NSF` default).
-        hidden_features: width of the categorical head's residual MLP.
-        num_blocks: residual blocks of that MLP.
-        activation: its activation class.
+        head_features: width of the categorical head's residual MLP.
+        head_blocks: residual blocks of that MLP.
+        activation: the activation class of that MLP.
         z_score: standardise `theta` and the continuous columns with training statistics.
-        flow_options: passed to `build`, e.g. `transforms=5`.
+        flow_options: passed to `build`, e.g. `transforms=5, hidden_features=(128, 128)`.
 
     Example:
         >>> theta = torch.rand(2000, 1)
@@ -114,8 +114,8 @@ class MNLE(Estimator):
         *,
         log_transform: bool | Sequence[int] = False,
         build: Callable[..., zuko.flows.Flow] = zuko.flows.NSF,
-        hidden_features: int = 64,
-        num_blocks: int = 2,
+        head_features: int = 64,
+        head_blocks: int = 2,
         activation: type[nn.Module] = nn.ELU,
         z_score: bool = True,
         **flow_options,
@@ -129,8 +129,8 @@ class MNLE(Estimator):
             log_transform if isinstance(log_transform, bool) else list(map(int, log_transform))
         )
         self.flow_class = build
-        self.hidden_features = hidden_features
-        self.num_blocks = num_blocks
+        self.head_features = head_features
+        self.head_blocks = head_blocks
         self.activation = activation
         self.flow_options = flow_options
         self.classifier = None
@@ -169,6 +169,8 @@ class MNLE(Estimator):
     @property
     def num_classes(self) -> list[int]:
         """The number of values `K_j` of each discrete column (seen in training)."""
+        if self.x_max is None:
+            self.check_trained()
         return [int(self.x_max[j]) + 1 for j in self.discrete]
 
     # construction -------------------------------------------------------------------
@@ -181,6 +183,12 @@ class MNLE(Estimator):
             x: `(n, L)` simulator outputs.
         """
         theta, x = self._check_pair(theta, x)
+        finite = torch.isfinite(x.reshape(len(x), -1)).all(-1) & torch.isfinite(theta).all(-1)
+        if not bool(finite.all()):
+            raise ValueError(
+                f"MNLE.fit: {int((~finite).sum())} of {len(x)} simulations hold NaN or inf; "
+                "leave them out (pyro_sbi.train does) before fitting"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"MNLE expects x of shape (n, L) with one column per output; got {tuple(x.shape)}"
@@ -215,8 +223,8 @@ class MNLE(Estimator):
         self.classifier = ResidualMLP(
             self.theta_dim,
             math.prod(classes),
-            hidden_features=self.hidden_features,
-            num_blocks=self.num_blocks,
+            hidden_features=self.head_features,
+            num_blocks=self.head_blocks,
             activation=self.activation,
         )
         self.flow = self.flow_class(
@@ -231,8 +239,8 @@ class MNLE(Estimator):
             "discrete": self.discrete_option,
             "log_transform": self.log_transform,
             "build": flow_name(self.flow_class),
-            "hidden_features": self.hidden_features,
-            "num_blocks": self.num_blocks,
+            "head_features": self.head_features,
+            "head_blocks": self.head_blocks,
             "activation": self.activation.__name__,
             "z_score": self.z_score,
             **self.flow_options,
@@ -270,7 +278,8 @@ class MNLE(Estimator):
             return x
         logged = x[..., self.logged]
         x = x.clone()
-        x[..., self.logged] = torch.where(logged > 0, logged, torch.ones_like(logged)).log()
+        # Values <= 0 (density zero, see log_prob) get a harmless placeholder; NaN stays NaN.
+        x[..., self.logged] = torch.where(logged <= 0, torch.ones_like(logged), logged).log()
         return x
 
     def _log_prob_z(self, x_t: Tensor, theta_z: Tensor) -> Tensor:
@@ -326,7 +335,7 @@ class MNLE(Estimator):
             raise ValueError(
                 f"MNLE: the discrete columns {self.discrete} of x must hold integers; got {bad}"
             )
-        high = torch.as_tensor(self.num_classes, dtype=values.dtype) - 1
+        high = torch.as_tensor(self.num_classes, dtype=values.dtype, device=values.device) - 1
         if bool(((values < 0) | (values > high)).any()):
             raise ValueError(
                 f"MNLE: a discrete column of x holds a value outside the range seen in the "
@@ -338,7 +347,7 @@ class MNLE(Estimator):
         log_p = log_p - self.x_scale[self.continuous].log().sum() - log_s.sum(-1)
         if self.logged:
             flat = x.reshape(x.shape[: x.dim() - 1] + (self.x_features,))
-            positive = (flat[..., self.logged] > 0).all(-1)
+            positive = ~(flat[..., self.logged] <= 0).any(-1)
             log_p = torch.where(positive, log_p, torch.full_like(log_p, -math.inf))
         return log_p
 
@@ -406,17 +415,19 @@ class _MixedLikelihood(Distribution):
     def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         estimator = self.estimator
         shape = Size(sample_shape) + self.batch_shape
-        theta_z = (self.theta - estimator.theta_loc) / estimator.theta_scale
+        theta = self.theta.to(estimator.theta_loc.dtype)
+        theta_z = (theta - estimator.theta_loc) / estimator.theta_scale
         logits = estimator.classifier(theta_z).expand(shape + (-1,))
         index = torch.distributions.Categorical(logits=logits).sample()
-        c = (index.unsqueeze(-1) // estimator.strides) % torch.as_tensor(estimator.num_classes)
+        classes = torch.as_tensor(estimator.num_classes, device=index.device)
+        c = (index.unsqueeze(-1) // estimator.strides) % classes
         context = torch.cat(
             [theta_z.expand(shape + theta_z.shape[-1:]), estimator._one_hot(c)], -1
         )
         with validation_off():
             s_z = estimator.flow(context).sample()
         cont = estimator.continuous
-        x = torch.empty(shape + (estimator.x_features,), dtype=s_z.dtype)
+        x = torch.empty(shape + (estimator.x_features,), dtype=s_z.dtype, device=s_z.device)
         x[..., estimator.discrete] = c.to(x.dtype)
         x[..., cont] = s_z * estimator.x_scale[cont] + estimator.x_loc[cont]
         x[..., estimator.logged] = x[..., estimator.logged].exp()

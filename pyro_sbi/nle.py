@@ -171,7 +171,8 @@ class _LearnedLikelihood(Distribution):
 
     def rsample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         estimator = self.estimator
-        theta_z = (self.theta - estimator.theta_loc) / estimator.theta_scale
+        theta = self.theta.to(estimator.theta_loc.dtype)
+        theta_z = (theta - estimator.theta_loc) / estimator.theta_scale
         with validation_off():
             x_z = estimator.flow(theta_z).rsample(sample_shape)
         x = x_z * estimator.x_scale + estimator.x_loc

@@ -30,3 +30,10 @@ def test_c2st_is_seeded_and_leaves_the_global_state_alone():
 def test_c2st_rejects_mismatched_dimensions():
     with pytest.raises(ValueError, match="different sizes"):
         c2st(torch.randn(10, 2), torch.randn(10, 3))
+
+
+def test_c2st_refuses_non_finite_samples():
+    a = torch.randn(100, 2)
+    a[5, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 samples hold NaN"):
+        c2st(a, torch.randn(100, 2) + 5.0)

@@ -4,8 +4,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide import init_to_value
 
-from pyro_sbi import MNLE, SimulatorDistribution
+from pyro_sbi import MNLE, SimulatorDistribution, c2st
+from pyro_sbi.tasks import ddm
+
+DDM_SIMULATIONS = 100_000
 
 
 def log_normal_choice(theta):
@@ -76,6 +81,35 @@ def test_support_marks_integer_and_positive_columns(trained):
     assert trained.support.event_dim == 1
 
 
+def test_sample_accepts_double_theta(trained):
+    x = trained(torch.zeros(3, 1, dtype=torch.float64)).sample((2,))
+    assert x.shape == (2, 3, 2) and x.dtype == torch.get_default_dtype()
+
+
+def test_save_load_with_chosen_log_columns(tmp_path):
+    theta = torch.rand(500, 1)
+    x = torch.cat([log_normal_choice(theta), theta + torch.randn(500, 1)], dim=-1)
+    estimator = MNLE(discrete=[1], log_transform=[0], transforms=2, hidden_features=(16, 16))
+    estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    assert estimator.logged == [0] and estimator.continuous == [0, 2]
+    estimator.save(tmp_path / "mnle.pt")
+    clone = MNLE.load(tmp_path / "mnle.pt")
+    assert torch.equal(clone.log_prob(x[:5], theta[:5]), estimator.log_prob(x[:5], theta[:5]))
+
+
+def test_fit_refuses_non_finite_simulations():
+    theta = torch.rand(50, 1)
+    x = log_normal_choice(theta)
+    x[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="1 of 50 simulations hold NaN"):
+        MNLE(discrete=[1]).fit(theta, x, progress=False)
+
+
+def test_num_classes_needs_training():
+    with pytest.raises(ValueError, match="has not been trained"):
+        MNLE(discrete=[1]).num_classes  # noqa: B018
+
+
 def test_simulator_distribution_checks_the_discrete_column(trained):
     theta = torch.zeros(1)
     d = SimulatorDistribution(log_normal_choice, theta, trained)
@@ -103,7 +137,7 @@ def test_plate_of_trials(trained):
 def test_several_discrete_columns():
     torch.manual_seed(1)
     theta = torch.rand(3000, 1)
-    a = torch.bernoulli(theta.expand(-1, 1))
+    a = torch.bernoulli(theta)
     b = torch.randint(0, 3, (3000, 1)).float()
     x = torch.cat([a, theta + 0.1 * torch.randn(3000, 1) + b, b], dim=-1)
     estimator = MNLE(discrete=[0, 2])
@@ -143,3 +177,53 @@ def test_clear_errors(options, x, message):
 def test_needs_a_vector_of_columns():
     with pytest.raises(ValueError, match=r"\(n, L\)"):
         MNLE(discrete=[1]).fit(torch.randn(50, 1), torch.ones(50, 2, 2), progress=False)
+
+
+# Drift-diffusion model: MNLE against the analytic likelihood (Navarro & Fuss, 2009).
+
+
+@pytest.fixture(scope="module")
+def ddm_likelihood():
+    torch.manual_seed(0)
+    theta = ddm.prior().sample((DDM_SIMULATIONS,))
+    estimator = MNLE(discrete=[1], log_transform=True)
+    estimator.fit(theta, ddm.simulate_ddm(theta), batch_size=512, progress=False, seed=0)
+    return estimator
+
+
+@pytest.mark.slow
+def test_ddm_log_likelihood_correlates_with_the_analytic_one(ddm_likelihood):
+    torch.manual_seed(1)  # held out: other parameters and trials than in training
+    theta = ddm.prior().sample((5000,))
+    x = ddm.simulate_ddm(theta)
+    learned, exact = ddm_likelihood.log_prob(x, theta), ddm.ddm_log_prob(x, theta)
+    assert torch.corrcoef(torch.stack([learned, exact]))[0, 1] >= 0.95
+
+
+def _ddm_model(likelihood, trials):
+    def model(x_o=None):
+        theta = pyro.sample("theta", ddm.prior())
+        with pyro.plate("trials", trials):
+            if likelihood is None:
+                fn = ddm.DriftDiffusion(*theta.unbind(-1))
+            else:
+                fn = SimulatorDistribution(ddm.simulate_ddm, theta, likelihood)
+            return pyro.sample("x", fn, obs=x_o)
+
+    return model
+
+
+@pytest.mark.slow
+def test_ddm_posterior_matches_the_analytic_posterior(ddm_likelihood):
+    trials = 100
+    torch.manual_seed(2)
+    x_o = ddm.simulate_ddm(torch.tensor([0.8, 1.4, 0.45, 0.5]).expand(trials, 4))
+    posteriors = []
+    for likelihood in (None, ddm_likelihood):
+        pyro.set_rng_seed(0)
+        init = init_to_value(values={"theta": torch.tensor([0.0, 1.25, 0.5, 0.25])})
+        kernel = NUTS(_ddm_model(likelihood, trials), init_strategy=init)
+        mcmc = MCMC(kernel, num_samples=1000, warmup_steps=300, disable_progbar=True)
+        mcmc.run(x_o)
+        posteriors.append(mcmc.get_samples()["theta"])
+    assert c2st(*posteriors) <= 0.65
