@@ -63,6 +63,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_sbi.nn import (
     Estimator,
+    EstimatorDistribution,
     ResidualMLP,
     activation_by_name,
     flow_by_name,
@@ -394,29 +395,14 @@ class _MixedColumns(constraints.Constraint):
         )
 
 
-class _MixedLikelihood(Distribution):
+class _MixedLikelihood(EstimatorDistribution):
     r""":math:`q(x \mid \theta)` of an MNLE for fixed `theta`, as a torch distribution."""
-
-    arg_constraints = {}
-
-    def __init__(self, estimator: MNLE, theta: Tensor) -> None:
-        self.estimator = estimator
-        self.theta = theta
-        super().__init__(theta.shape[:-1], estimator.x_shape, validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return self.estimator.support
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.estimator.log_prob(value, self.theta)
 
     @torch.no_grad()
     def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         estimator = self.estimator
         shape = Size(sample_shape) + self.batch_shape
-        theta = self.theta.to(estimator.theta_loc.dtype)
-        theta_z = (theta - estimator.theta_loc) / estimator.theta_scale
+        theta_z = self._theta_z()
         logits = estimator.classifier(theta_z).expand(shape + (-1,))
         index = torch.distributions.Categorical(logits=logits).sample()
         classes = torch.as_tensor(estimator.num_classes, device=index.device)

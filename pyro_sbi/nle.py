@@ -46,9 +46,15 @@ from collections.abc import Callable
 import torch
 import zuko
 from torch import Size, Tensor
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution
 
-from pyro_sbi.nn import Estimator, flow_by_name, flow_name, validation_off
+from pyro_sbi.nn import (
+    Estimator,
+    EstimatorDistribution,
+    flow_by_name,
+    flow_name,
+    validation_off,
+)
 
 
 class NLE(Estimator):
@@ -151,30 +157,15 @@ class NLE(Estimator):
         return _LearnedLikelihood(self, theta)
 
 
-class _LearnedLikelihood(Distribution):
+class _LearnedLikelihood(EstimatorDistribution):
     r""":math:`q(x \mid \theta)` for fixed `theta`, as a torch distribution."""
 
-    arg_constraints = {}
     has_rsample = True
-
-    def __init__(self, estimator: NLE, theta: Tensor) -> None:
-        self.estimator = estimator
-        self.theta = theta
-        super().__init__(theta.shape[:-1], estimator.x_shape, validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        return self.estimator.support
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.estimator.log_prob(value, self.theta)
 
     def rsample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         estimator = self.estimator
-        theta = self.theta.to(estimator.theta_loc.dtype)
-        theta_z = (theta - estimator.theta_loc) / estimator.theta_scale
         with validation_off():
-            x_z = estimator.flow(theta_z).rsample(sample_shape)
+            x_z = estimator.flow(self._theta_z()).rsample(sample_shape)
         x = x_z * estimator.x_scale + estimator.x_loc
         return x.reshape(x.shape[:-1] + estimator.x_shape)
 

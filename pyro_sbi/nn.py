@@ -11,6 +11,7 @@ from __future__ import annotations
 
 __all__ = [
     "Estimator",
+    "EstimatorDistribution",
     "ResidualMLP",
     "UntrainedEstimatorError",
     "activation_by_name",
@@ -445,6 +446,39 @@ class _Block(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return h + self.net(h)
+
+
+class EstimatorDistribution(Distribution):
+    r"""A trained estimator at fixed `theta`, as a torch distribution over `x`.
+
+    `log_prob` asks the estimator; subclasses add `sample` (and `rsample`).
+
+    Arguments:
+        estimator: a trained estimator.
+        theta: `(*, D)` parameters: the batch shape is `*`, the event shape `x_shape`.
+    """
+
+    arg_constraints = {}
+
+    def __init__(self, estimator: Estimator, theta: Tensor) -> None:
+        self.estimator = estimator
+        self.theta = theta
+        super().__init__(theta.shape[:-1], estimator.x_shape, validate_args=False)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """The estimator's support of `x`."""
+        return self.estimator.support
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """`(*, *x_shape) -> (*)`: the estimator's log-density at `theta`."""
+        return self.estimator.log_prob(value, self.theta)
+
+    def _theta_z(self) -> Tensor:
+        """`theta` z-scored with the training statistics, in the estimator's dtype."""
+        estimator = self.estimator
+        theta = self.theta.to(estimator.theta_loc.dtype)
+        return (theta - estimator.theta_loc) / estimator.theta_scale
 
 
 def _loc_scale(data: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:
