@@ -11,6 +11,7 @@ distributions that `zuko` and Pyro change on import are restored.
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ensemble",
     "History",
     "MNLE",
     "NLE",
@@ -34,6 +35,7 @@ _arg_constraints = _Distribution.__dict__["arg_constraints"]
 
 from pyro_sbi.diagnostics import c2st  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
+from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402

@@ -43,7 +43,8 @@ class SiteReport:
         theta: `(n, D)` parameters that were simulated.
         x: `(n, *x_shape)` their simulator outputs (non-finite ones removed).
         num_failed: simulations left out because they returned NaN or inf.
-        history: the training history.
+        history: the training history (one per member for an
+            :class:`~pyro_sbi.Ensemble`).
         simulation_seconds: wall time spent in the simulator.
     """
 
@@ -52,17 +53,19 @@ class SiteReport:
     theta: Tensor
     x: Tensor
     num_failed: int
-    history: History
+    history: History | list[History]
     simulation_seconds: float
 
     def __str__(self) -> str:
         """One line: sites, counts, seconds and the kept validation loss."""
-        history = self.history
+        histories = self.history if isinstance(self.history, list) else [self.history]
+        epochs = sum(history.epochs for history in histories)
+        seconds = sum(history.seconds for history in histories)
+        loss = sum(history.best_validation_loss for history in histories) / len(histories)
         return (
             f"{', '.join(self.sites)}: {len(self.theta)} simulations ({self.num_failed} failed) "
             f"in {self.simulation_seconds:.1f} s; {type(self.estimator).__name__} trained for "
-            f"{history.epochs} epochs in {history.seconds:.1f} s, validation loss "
-            f"{history.best_validation_loss:.3f}"
+            f"{epochs} epochs in {seconds:.1f} s, validation loss {loss:.3f}"
         )
 
 

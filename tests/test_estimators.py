@@ -6,7 +6,7 @@ import pytest
 import torch
 import zuko
 
-from pyro_sbi import MNLE, NLE, NRE, UntrainedEstimatorError
+from pyro_sbi import MNLE, NLE, NRE, Ensemble, UntrainedEstimatorError
 
 
 def gaussian(theta):
@@ -35,6 +35,9 @@ CONSTRUCTORS = {
     "NRE-C-balanced": (lambda: NRE("C", balance=100.0), gaussian),
     "MNLE": (lambda: MNLE(discrete=[1]), mixed),
     "MNLE-MAF": (lambda: MNLE(discrete=[-1], build=zuko.flows.MAF), mixed),
+    "Ensemble-NRE-A": (lambda: Ensemble(lambda: NRE("A"), size=3), gaussian),
+    "Ensemble-NLE-MAF": (lambda: Ensemble(lambda: NLE(zuko.flows.MAF), size=2), gaussian),
+    "Ensemble-MNLE": (lambda: Ensemble(lambda: MNLE(discrete=[1]), size=2), mixed),
 }
 
 
@@ -66,8 +69,9 @@ def test_fit_sets_shapes_and_freezes(trained):
     estimator, history = trained
     assert estimator.trained and estimator.theta_dim == 2 and estimator.x_shape == (2,)
     assert not any(p.requires_grad for p in estimator.parameters())
-    assert history.epochs == len(history.validation_loss) >= 1
-    assert history.best_validation_loss == min(history.validation_loss)
+    for member in history if isinstance(history, list) else [history]:
+        assert member.epochs == len(member.validation_loss) >= 1
+        assert member.best_validation_loss == min(member.validation_loss)
 
 
 @pytest.mark.parametrize(

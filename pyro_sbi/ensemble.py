@@ -1,0 +1,199 @@
+r"""Ensembles: several estimators of one kind, trained on the same simulations, combined.
+
+A learned likelihood or ratio scatters from one training run to the next: the
+initialisation, the validation split and the order of the batches all move it, and
+with :math:`n` i.i.d. trials its errors add up :math:`n` times. Averaging :math:`M`
+members trained with different seeds (hence different initial weights and validation
+splits, a form of bagging) shrinks that scatter.
+
+For normalised members (NLE, MNLE) the ensemble is the mixture
+
+.. math::
+
+    q(x \mid \theta) = \frac{1}{M} \sum_{m=1}^{M} q_m(x \mid \theta) ,
+
+itself a normalised density, so it stays valid for pointwise log-likelihoods and LOO.
+For ratio estimators (NRE) it is the geometric mean of the ratios,
+
+.. math::
+
+    \log r(x, \theta) = \frac{1}{M} \sum_{m=1}^{M} \log r_m(x, \theta) ,
+
+which keeps the property each member has: correct in :math:`\theta` up to a term in
+:math:`x` alone (the members of NRE-B each carry their own such term).
+
+References:
+    | Simple and Scalable Predictive Uncertainty Estimation using Deep Ensembles
+      (Lakshminarayanan et al., 2017)
+    | https://arxiv.org/abs/1612.01474
+
+    | A Trust Crisis In Simulation-Based Inference? Your Posterior Approximations Can
+      Be Unfaithful (Hermans et al., 2022)
+    | https://arxiv.org/abs/2110.06581
+"""
+
+from __future__ import annotations
+
+__all__ = ["Ensemble"]
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Size, Tensor, nn
+from torch.distributions import Distribution, constraints
+
+from pyro_sbi.fit import History
+from pyro_sbi.nn import _BUFFERS, Estimator, EstimatorDistribution
+
+
+class Ensemble(Estimator):
+    r"""`size` estimators made by `build`, trained with different seeds, averaged.
+
+    It is an estimator like its members: lazy until :meth:`fit`, usable in a
+    :class:`~pyro_sbi.SimulatorDistribution` and by :func:`~pyro_sbi.train`, saved and
+    loaded in one file. Training and evaluation cost `size` times those of one member.
+
+    Arguments:
+        build: makes one untrained member, e.g. `lambda: NRE("A")`.
+        size: the number of members `M`.
+
+    Example:
+        >>> from pyro_sbi import NRE
+        >>> theta = torch.randn(1000, 2)
+        >>> x = theta + 0.1 * torch.randn(1000, 2)
+        >>> ratio = Ensemble(lambda: NRE("A"), size=3)
+        >>> histories = ratio.fit(theta, x, max_epochs=2, progress=False, seed=0)
+        >>> len(histories), ratio.log_prob(torch.zeros(10, 1, 2), torch.zeros(3, 2)).shape
+        (3, torch.Size([10, 3]))
+    """
+
+    def __init__(self, build: Callable[[], Estimator], size: int = 5) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"Ensemble: size must be a positive integer; got {size}")
+        members = [build() for _ in range(size)]
+        kinds = {type(member) for member in members}
+        if not all(isinstance(member, Estimator) for member in members) or len(kinds) > 1:
+            raise TypeError(
+                "Ensemble: build() must return pyro_sbi estimators of one class, e.g. "
+                f"lambda: NLE(); got {sorted(kind.__name__ for kind in kinds)}"
+            )
+        self.members = nn.ModuleList(members)
+        self.normalized = members[0].normalized
+
+    @property
+    def size(self) -> int:
+        """The number of members."""
+        return len(self.members)
+
+    def _build(self) -> None:
+        # Members share the ensemble's data, hence its shapes; their own statistics
+        # (set by their fit, or read back by load) start as copies of the ensemble's.
+        for member in self.members:
+            member.theta_dim, member.x_shape = self.theta_dim, self.x_shape
+            for name in _BUFFERS:
+                setattr(member, name, getattr(self, name).clone())
+            member._build()
+
+    def fit(self, theta: Tensor, x: Tensor, **options) -> list[History]:
+        r"""Trains every member on `(theta, x)`, member `m` with the seed `seed + m`.
+
+        Arguments:
+            theta: `(n, D)` parameters.
+            x: `(n, *x_shape)` simulator outputs.
+            options: options of :func:`pyro_sbi.fit.fit`.
+
+        Returns:
+            The training :class:`~pyro_sbi.fit.History` of each member.
+        """
+        theta, x = self._check_pair(theta, x)
+        self.build(theta, x)
+        seed = options.pop("seed", None)
+        histories = []
+        for m, member in enumerate(self.members):
+            member_seed = None if seed is None else seed + m
+            histories.append(member.fit(theta, x, seed=member_seed, **options))
+        self.num_simulations = len(theta)
+        self.requires_grad_(False)
+        self.eval()
+        return histories
+
+    def config(self) -> dict:
+        """The members' class and options, and the size."""
+        member = self.members[0]
+        return {"member": type(member).__name__, "options": member.config(), "size": self.size}
+
+    @classmethod
+    def from_config(cls, config: dict, **overrides) -> Ensemble:
+        """An untrained ensemble from :meth:`config`; `overrides` go to the members."""
+        from pyro_sbi.mnle import MNLE
+        from pyro_sbi.nle import NLE
+        from pyro_sbi.nre import NRE
+
+        kinds = {kind.__name__: kind for kind in (NLE, NRE, MNLE)}
+        if config["member"] not in kinds:
+            raise ValueError(f"unknown member class {config['member']!r} in the saved Ensemble")
+        kind = kinds[config["member"]]
+        return cls(lambda: kind.from_config(config["options"], **overrides), config["size"])
+
+    @classmethod
+    def load(cls, path: str | Path, **overrides) -> Ensemble:
+        """Reads an ensemble written by :meth:`save` (see :meth:`Estimator.load`)."""
+        ensemble = super().load(path, **overrides)
+        for member in ensemble.members:
+            member.num_simulations = ensemble.num_simulations
+        return ensemble
+
+    def extra_repr(self) -> str:
+        """The size."""
+        return f"size={self.size}"
+
+    @property
+    def support(self) -> constraints.Constraint:
+        """The members' support of `x`."""
+        return self.members[0].support
+
+    def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        r"""The mixture density (normalised members) or the mean log-ratio (NRE members).
+
+        Arguments:
+            x: `(*, *x_shape)` simulator outputs.
+            theta: `(*, D)` parameters; broadcast against the batch shape of `x`.
+
+        Returns:
+            `(*)` log-densities (or log-ratios) over the broadcast batch shape.
+        """
+        self.check_trained()
+        values = torch.stack([member.log_prob(x, theta) for member in self.members])
+        if self.normalized:
+            return values.logsumexp(0) - math.log(self.size)
+        return values.mean(0)
+
+    def forward(self, theta: Tensor) -> Distribution:
+        r"""The mixture of the members' likelihoods at `theta` (normalised members only).
+
+        Arguments:
+            theta: `(*, D)` parameters.
+
+        Returns:
+            A distribution with batch shape `*` and event shape `x_shape`.
+        """
+        self.check_trained()
+        if not self.normalized:
+            raise TypeError("an ensemble of ratio estimators is not a distribution over x")
+        return _Mixture(self, theta)
+
+
+class _Mixture(EstimatorDistribution):
+    r"""The equally weighted mixture of the members' likelihoods at `theta`."""
+
+    @torch.no_grad()
+    def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
+        members = self.estimator.members
+        draws = torch.stack([member(self.theta).sample(sample_shape) for member in members])
+        shape = draws.shape[1 : draws.dim() - len(self.event_shape)]
+        pick = torch.randint(len(members), shape, device=draws.device)
+        pick = pick.reshape((1, *shape) + (1,) * len(self.event_shape))
+        return draws.gather(0, pick.expand((1,) + draws.shape[1:])).squeeze(0)
