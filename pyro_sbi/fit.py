@@ -138,9 +138,11 @@ def fit(
         estimator.to(device)
         estimator.requires_grad_(True)
         optimizer = torch.optim.Adam(estimator.parameters(), lr=learning_rate)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, factor=lr_decay, patience=max(1, patience // 4), threshold=0.0
-        )
+        scheduler = None
+        if lr_decay < 1.0:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=lr_decay, patience=max(1, patience // 4), threshold=0.0
+            )
         best_loss, best_state, stale = math.inf, None, 0
         num_batches = max(1, math.ceil(len(train) / batch_size))
 
@@ -163,7 +165,7 @@ def fit(
             with torch.no_grad():
                 validation = _batched_loss(estimator, theta_valid, x_valid, 4 * batch_size)
             history.validation_loss.append(validation)
-            if lr_decay < 1.0:
+            if scheduler is not None:
                 scheduler.step(validation)
 
             if validation < best_loss:
