@@ -170,9 +170,9 @@ class MNLE(Estimator):
     @property
     def num_classes(self) -> list[int]:
         """The number of values `K_j` of each discrete column (seen in training)."""
-        if self.x_max is None:
+        if self.classifier is None:
             self.check_trained()
-        return [int(self.x_max[j]) + 1 for j in self.discrete]
+        return list(self._classes)
 
     # construction -------------------------------------------------------------------
 
@@ -219,7 +219,8 @@ class MNLE(Estimator):
 
     def _build(self) -> None:
         self.discrete, self.continuous, self.logged = self._columns(self.x_features)
-        classes = self.num_classes
+        # fixed once built: read on every log_prob, so kept as Python integers
+        classes = self._classes = [int(self.x_max[j]) + 1 for j in self.discrete]
         self.register_buffer("strides", _strides(classes), persistent=False)
         self.classifier = ResidualMLP(
             self.theta_dim,
@@ -298,7 +299,7 @@ class MNLE(Estimator):
     def _one_hot(self, c: Tensor) -> Tensor:
         """`(*, len(discrete))` integer values to concatenated one-hot codes `(*, sum K_j)`."""
         return torch.cat(
-            [F.one_hot(c[..., k], K) for k, K in enumerate(self.num_classes)], dim=-1
+            [F.one_hot(c[..., k], K) for k, K in enumerate(self._classes)], dim=-1
         ).to(self.x_loc.dtype)
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
@@ -336,7 +337,7 @@ class MNLE(Estimator):
             raise ValueError(
                 f"MNLE: the discrete columns {self.discrete} of x must hold integers; got {bad}"
             )
-        high = torch.as_tensor(self.num_classes, dtype=values.dtype, device=values.device) - 1
+        high = torch.as_tensor(self._classes, dtype=values.dtype, device=values.device) - 1
         if bool(((values < 0) | (values > high)).any()):
             raise ValueError(
                 f"MNLE: a discrete column of x holds a value outside the range seen in the "
