@@ -16,6 +16,8 @@ __all__ = [
     "MNLE",
     "NLE",
     "NRE",
+    "SimulationError",
+    "Simulations",
     "SimulatorDistribution",
     "SiteReport",
     "UntrainedEstimatorError",
@@ -41,7 +43,7 @@ from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
-from pyro_sbi.simulate import simulate  # noqa: E402
+from pyro_sbi.simulate import SimulationError, Simulations, simulate  # noqa: E402
 from pyro_sbi.train import SiteReport, train  # noqa: E402
 
 _Distribution._validate_args = _validate_args

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __all__ = ["SimulatorDistribution"]
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -145,18 +146,31 @@ class SimulatorDistribution(TorchDistribution):
     def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         r"""Runs the real simulator once per element of `sample_shape + batch_shape`.
 
+        A failed simulation (see :func:`pyro_sbi.simulate`) gives a NaN output and a
+        warning; more than half of them failing raises a
+        :class:`~pyro_sbi.simulate.SimulationError`.
+
         Returns:
             `(*sample_shape, *batch_shape, *x_shape)` simulator outputs.
         """
         shape = Size(sample_shape) + self.batch_shape
         theta = self.theta.detach().expand(shape + self.theta.shape[-1:])
-        x = simulate(
+        simulations = simulate(
             self.simulator,
             theta.reshape(-1, theta.shape[-1]),
             batched=self.batched,
             numpy=self.numpy,
             progress=False,
         )
+        if simulations.num_failed:
+            row, _, kind, message = simulations.failures()[0]
+            warnings.warn(
+                f"SimulatorDistribution({_name(self.simulator)}): {simulations.num_failed} of "
+                f"{len(simulations)} simulations failed and are NaN; the first ({kind}): "
+                f"{message.strip().splitlines()[-1] if message else ''}",
+                stacklevel=2,
+            )
+        x = simulations.x
         if self.x_shape is not None and x.shape[1:] != self.x_shape:
             raise ValueError(
                 f"SimulatorDistribution({_name(self.simulator)}): the simulator returned "
@@ -166,6 +180,10 @@ class SimulatorDistribution(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""The estimator's log-density of `value` at `theta`, differentiable in `theta`.
+
+        When :func:`pyro_sbi.train` saw simulations fail, the estimator carries a
+        :class:`~pyro_sbi.validity.ValidityClassifier` and
+        :math:`\log P(\text{valid} \mid \theta)` is added (see :mod:`pyro_sbi.validity`).
 
         Arguments:
             value: `(*, *x_shape)` simulator outputs; `*` broadcasts with `batch_shape`.
@@ -193,6 +211,8 @@ class SimulatorDistribution(TorchDistribution):
             self._validate_sample(value)
         estimator.warn_if_outside(value)
         log_p = estimator.log_prob(value, self.theta)
+        if estimator.validity is not None:  # an observed x is a valid simulation
+            log_p = log_p + estimator.validity.log_prob(self.theta)
         return log_p.expand(
             torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
         )

@@ -125,6 +125,7 @@ class Estimator(nn.Module):
         self.x_shape: Size | None = None
         self.theta_dim: int | None = None
         self.num_simulations = 0
+        self.validity: Estimator | None = None
         for name in _BUFFERS:
             self.register_buffer(name, None)
 
@@ -177,6 +178,7 @@ class Estimator(nn.Module):
         self.x_loc, self.x_scale = _loc_scale(self._transform(flat), self.z_score)
         self.x_min, self.x_max = flat.min(0).values, flat.max(0).values
         self.num_simulations = 0
+        self.validity = None  # belongs to the previous training data
         self._build()
 
     def _build(self) -> None:
@@ -238,6 +240,12 @@ class Estimator(nn.Module):
             "theta_dim": self.theta_dim,
             "num_simulations": self.num_simulations,
         }
+        if self.validity is not None:
+            header["validity"] = {
+                "options": self.validity.config(),
+                "theta_dim": self.validity.theta_dim,
+                "num_simulations": self.validity.num_simulations,
+            }
         torch.save({"header": json.dumps(header), "state": self.state_dict()}, Path(path))
 
     @classmethod
@@ -292,6 +300,8 @@ class Estimator(nn.Module):
         for name in _BUFFERS:
             setattr(estimator, name, state[name])
         estimator._build()
+        if "validity" in header:
+            estimator.validity = _load_validity(header["validity"], state)
         estimator.load_state_dict(state)
         estimator.num_simulations = header["num_simulations"]
         estimator.requires_grad_(False)
@@ -479,6 +489,18 @@ class EstimatorDistribution(Distribution):
         estimator = self.estimator
         theta = self.theta.to(estimator.theta_loc.dtype)
         return (theta - estimator.theta_loc) / estimator.theta_scale
+
+
+def _load_validity(header: dict, state: dict) -> Estimator:
+    from pyro_sbi.validity import ValidityClassifier
+
+    validity = ValidityClassifier.from_config(header["options"])
+    validity.theta_dim, validity.x_shape = header["theta_dim"], Size([1])
+    for name in _BUFFERS:
+        setattr(validity, name, state[f"validity.{name}"])
+    validity._build()
+    validity.num_simulations = header["num_simulations"]
+    return validity
 
 
 def _loc_scale(data: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:

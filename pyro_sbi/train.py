@@ -8,6 +8,12 @@ estimator learns the single-trial likelihood. The model is run vectorised under 
 extra outer plate (as Pyro's `Predictive(parallel=True)` does), falling back to
 repeated runs when the model cannot be vectorised. Each site's simulator then runs
 once per drawn `theta`, and the site's estimator is fitted to the pairs.
+
+Simulations run through :func:`~pyro_sbi.simulate`: on an executor, seeded, with
+failures recorded and left out of training. When some failed, a
+:class:`~pyro_sbi.validity.ValidityClassifier` learns :math:`P(\text{valid} \mid
+\theta)` and the site's log-density includes it. With `store=`, each site's
+simulations are kept on disk under the site's name and reused by later calls.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ __all__ = ["SiteReport", "train"]
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from time import perf_counter
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -30,7 +38,8 @@ from torch.distributions import Distribution
 from pyro_sbi.distribution import SimulatorDistribution
 from pyro_sbi.fit import History
 from pyro_sbi.nn import Estimator
-from pyro_sbi.simulate import simulate
+from pyro_sbi.simulate import Simulations, simulate
+from pyro_sbi.validity import ValidityClassifier
 
 
 @dataclass
@@ -41,11 +50,16 @@ class SiteReport:
         sites: the sample sites that share the estimator.
         estimator: the trained estimator.
         theta: `(n, D)` parameters that were simulated.
-        x: `(n, *x_shape)` their simulator outputs (non-finite ones removed).
-        num_failed: simulations left out because they returned NaN or inf.
+        theta: `(n, D)` parameters of the successful simulations.
+        x: `(n, *x_shape)` their simulator outputs.
+        num_failed: simulations left out because they failed.
         history: the training history (one per member for an
             :class:`~pyro_sbi.Ensemble`).
-        simulation_seconds: wall time spent in the simulator.
+        simulation_seconds: wall time spent simulating.
+        simulations: the full record of each site's :func:`~pyro_sbi.simulate` call,
+            failures included.
+        validity: the classifier of :math:`P(\text{valid} \mid \theta)` attached to
+            the estimator, when simulations failed.
     """
 
     sites: list[str]
@@ -55,6 +69,8 @@ class SiteReport:
     num_failed: int
     history: History | list[History]
     simulation_seconds: float
+    simulations: list[Simulations] = field(default_factory=list)
+    validity: ValidityClassifier | None = None
 
     def __str__(self) -> str:
         """One line: sites, counts, seconds and the kept validation loss."""
@@ -78,6 +94,11 @@ def train(
     fit_options: Mapping | None = None,
     seed: int | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
+    store: str | Path | None = None,
+    timeout: float | None = None,
+    max_failure_fraction: float = 0.5,
+    validity: bool = True,
     **kwargs,
 ) -> dict[str, SiteReport]:
     r"""Simulates from the model's prior and trains the estimator of every simulator site.
@@ -92,9 +113,22 @@ def train(
         simulation_batch_size: parameters per simulator call (all at once by default).
         fit_options: options of :func:`pyro_sbi.fit.fit`, e.g.
             `{"max_epochs": 200, "batch_size": 512}`.
-        seed: seeds torch, numpy and `random` (via `pyro.set_rng_seed`) before drawing
-            and simulating, and the training.
+        seed: seeds torch, numpy and `random` (via `pyro.set_rng_seed`) before drawing,
+            roots the seeds of the simulations (one root per site) and seeds the training.
         progress: show progress bars and a summary line per estimator.
+        executor: a :class:`concurrent.futures.Executor` running the simulations (see
+            :func:`~pyro_sbi.simulate`).
+        store: a directory holding a zarr store with one group per site: simulations
+            are saved as they finish; a later call reuses the stored parameters and
+            outputs and simulates only what is missing. A site's stored parameters are
+            kept (so a different `seed` still reuses them); more simulations than
+            stored are appended.
+        timeout: seconds allowed for one simulator call.
+        max_failure_fraction: stop once more than this fraction of a site's
+            simulations failed.
+        validity: when simulations failed, learn :math:`P(\text{valid} \mid \theta)`
+            and add its logarithm to the site's log-density (see
+            :mod:`pyro_sbi.validity`).
         kwargs: keyword arguments of the model.
 
     Returns:
@@ -139,40 +173,101 @@ def train(
     }
     thetas = _draw_theta(model, args, kwargs, collector, shares, proposal)
 
+    root = _open_store(store) if store is not None else None
+    source = "prior" if proposal is None else "proposal"
     reports: dict[str, SiteReport] = {}
     for names in groups.values():
         estimator = collector.sites[names[0]].estimator
-        theta_parts, x_parts, seconds = [], [], 0.0
+        records = []
         for name in names:
             site = collector.sites[name]
-            start = perf_counter()
-            x = simulate(
-                site.simulator,
-                thetas[name],
-                batch_size=simulation_batch_size,
-                batched=site.batched,
-                numpy=site.numpy,
-                progress=progress,
+            theta = thetas[name]
+            group, site_seed = None, None if seed is None else _site_seed(seed, name)
+            if root is not None:
+                group, theta = _reuse(root, name, site, theta, source)
+                if "pyro_sbi" in group.attrs:
+                    site_seed = None  # the stored root seed goes on
+            records.append(
+                simulate(
+                    site.simulator,
+                    theta,
+                    batch_size=simulation_batch_size,
+                    batched=site.batched,
+                    numpy=site.numpy,
+                    executor=executor,
+                    seed=site_seed,
+                    timeout=timeout,
+                    max_failure_fraction=max_failure_fraction,
+                    store=group,
+                    progress=progress,
+                )
             )
-            seconds += perf_counter() - start
-            theta_parts.append(thetas[name])
-            x_parts.append(x)
-        theta, x = torch.cat(theta_parts), torch.cat(x_parts)
-        finite = torch.isfinite(x.reshape(len(x), -1)).all(-1)
-        num_failed = int((~finite).sum())
+        theta_all = torch.cat([record.theta for record in records]).to(torch.get_default_dtype())
+        ok = torch.cat([record.ok for record in records])
+        theta, x = theta_all[ok], torch.cat([record.x for record in records])[ok]
+        num_failed = int((~ok).sum())
+        classifier = None
         if num_failed:
+            counts = {
+                kind: sum(record.counts()[kind] for record in records)
+                for kind in records[0].counts()
+            }
+            kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
             warnings.warn(
-                f"{', '.join(names)}: {num_failed} of {len(x)} simulations returned NaN or inf "
-                "and are left out of training",
+                f"{', '.join(names)}: {num_failed} of {len(ok)} simulations failed ({kinds}) "
+                "and are left out of training"
+                + (
+                    "; P(valid | theta) is learned and added to the likelihood" if validity else ""
+                ),
                 stacklevel=2,
             )
-            theta, x = theta[finite], x[finite]
         history = estimator.fit(theta, x, **fit_options)
-        report = SiteReport(names, estimator, theta, x, num_failed, history, seconds)
+        if num_failed and validity:
+            classifier = ValidityClassifier()
+            classifier.fit(theta_all, ok.to(theta_all.dtype).unsqueeze(-1), **fit_options)
+            estimator.validity = classifier
+        seconds = sum(record.seconds for record in records)
+        report = SiteReport(
+            names, estimator, theta, x, num_failed, history, seconds, records, classifier
+        )
         if progress:
             print(report)
         reports.update(dict.fromkeys(names, report))
     return reports
+
+
+def _site_seed(seed: int, name: str) -> int:
+    """A root seed for the simulations of one site, derived from `seed` and its name."""
+    words = np.frombuffer(name.encode().ljust(4 * math.ceil(len(name) / 4 + 1), b"\0"), "<u4")
+    state = np.random.SeedSequence([seed, *words.tolist()]).generate_state(2, np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _open_store(store):
+    from pyro_sbi.store import _zarr
+
+    return _zarr().open_group(str(store), mode="a")
+
+
+def _reuse(root, name: str, site: SimulatorDistribution, theta: Tensor, source: str):
+    """The site's group in the store and the parameters to simulate: stored ones first."""
+    from pyro_sbi.store import SimulationStore
+
+    group = root.require_group(name)
+    stored = SimulationStore.existing(group, simulator=site.simulator, theta_dim=theta.shape[-1])
+    previous = group.attrs.get("source")
+    if stored is not None and previous is not None and previous != source:
+        raise ValueError(
+            f"site {name!r}: the store {root.store} holds simulations drawn from the "
+            f"{previous}, not from the {source}; use another store path"
+        )
+    group.attrs["source"] = source
+    if stored is None or len(stored) == 0:
+        return group, theta
+    kept = stored.theta()
+    if len(kept) >= len(theta):
+        return group, kept[: len(theta)]
+    return group, torch.cat([kept, theta[len(kept) :]])
 
 
 class _Collector(Messenger):

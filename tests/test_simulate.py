@@ -1,8 +1,12 @@
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 import pytest
+import simulators
 import torch
 
 from pyro_sbi import simulate
+from pyro_sbi.simulate import SimulationError
 
 
 def batched(theta):
@@ -17,7 +21,7 @@ def test_batched_in_batches_keeps_order():
         calls.append(len(t))
         return batched(t)
 
-    x = simulate(recording, theta, batch_size=4, progress=False)
+    x = simulate(recording, theta, batch_size=4, progress=False).x
     assert calls == [4, 4, 2]
     assert torch.equal(x, batched(theta))
 
@@ -29,20 +33,20 @@ def test_one_at_a_time_and_numpy():
         assert isinstance(t, np.ndarray) and t.shape == (3,)
         return np.array([[t.sum(), 1.0], [0.0, t.max()]])
 
-    x = simulate(single, theta, batched=False, numpy=True, progress=False)
+    x = simulate(single, theta, batched=False, numpy=True, progress=False).x
     assert x.shape == (7, 2, 2)
     assert x.dtype == torch.get_default_dtype()
     assert torch.allclose(x[:, 0, 0], theta.sum(-1))
 
 
 def test_accepts_numpy_theta():
-    x = simulate(batched, np.ones((5, 2)), progress=False)
+    x = simulate(batched, np.ones((5, 2)), progress=False).x
     assert torch.equal(x, torch.tensor([[2.0, 1.0]] * 5))
 
 
 def test_detaches_theta():
     theta = torch.randn(4, 2, requires_grad=True)
-    assert not simulate(batched, theta, progress=False).requires_grad
+    assert not simulate(batched, theta, progress=False).x.requires_grad
 
 
 @pytest.mark.parametrize("theta", [torch.zeros(3), torch.zeros(2, 3, 4)])
@@ -54,3 +58,144 @@ def test_rejects_theta_without_batch_and_parameter_dims(theta):
 def test_rejects_simulator_returning_wrong_batch():
     with pytest.raises(ValueError, match="batched=False"):
         simulate(lambda t: t[0], torch.zeros(3, 2), progress=False)
+
+
+# seeds and executors ------------------------------------------------------------------
+
+
+def test_same_seed_same_simulations_and_global_state_untouched():
+    theta = torch.randn(30, 2)
+    before = torch.get_rng_state(), np.random.get_state()[1].copy()
+    a = simulate(simulators.noisy, theta, batch_size=7, seed=5, progress=False)
+    assert torch.equal(torch.get_rng_state(), before[0])
+    assert np.array_equal(np.random.get_state()[1], before[1])
+    b = simulate(simulators.noisy, theta, batch_size=7, seed=5, progress=False)
+    c = simulate(simulators.noisy, theta, batch_size=7, seed=6, progress=False)
+    assert torch.equal(a.x, b.x) and not torch.equal(a.x, c.x)
+    assert torch.equal(a.seed[:7], a.seed[:1].expand(7))  # one seed per batched call
+    assert len(torch.unique(a.seed)) == 5
+
+
+def test_one_at_a_time_does_not_depend_on_batch_size():
+    theta = torch.randn(12, 2)
+    a = simulate(simulators.noisy_one, theta, batched=False, batch_size=1, seed=0, progress=False)
+    b = simulate(simulators.noisy_one, theta, batched=False, batch_size=5, seed=0, progress=False)
+    assert torch.equal(a.x, b.x)
+    assert len(torch.unique(a.seed)) == 12
+
+
+def test_simulator_with_seed_keyword_receives_it():
+    theta = torch.zeros(6, 1)
+    a = simulate(simulators.with_seed, theta, batch_size=2, seed=1, progress=False)
+    expected = [np.random.default_rng(int(s)).normal() for s in a.seed[::2]]
+    assert torch.allclose(a.x[::2, 0], torch.tensor(expected, dtype=a.x.dtype))
+
+
+def test_unseeded_runs_follow_the_global_generator():
+    theta = torch.zeros(5, 1)
+    torch.manual_seed(3)
+    a = simulate(simulators.noisy_one, theta, batched=False, progress=False)
+    torch.manual_seed(3)
+    b = simulate(simulators.noisy_one, theta, batched=False, progress=False)
+    assert torch.equal(a.x, b.x)
+    assert (a.seed == -1).all()
+
+
+def test_process_pool_gives_the_in_process_results_in_theta_order():
+    theta = torch.arange(8.0).reshape(8, 1).repeat(1, 2)
+    with ProcessPoolExecutor(2) as pool:
+        out = simulate(simulators.late_first, theta, batch_size=2, executor=pool, progress=False)
+    assert torch.equal(out.x, theta * 2)
+    theta = torch.randn(40, 2)
+    local = simulate(simulators.noisy, theta, batch_size=3, seed=11, progress=False)
+    with ProcessPoolExecutor(2) as pool:
+        remote = simulate(
+            simulators.noisy, theta, batch_size=3, seed=11, executor=pool, progress=False
+        )
+    assert torch.equal(local.x, remote.x)
+
+
+def test_dask_cluster_gives_the_in_process_results():
+    distributed = pytest.importorskip("distributed")
+    theta = torch.randn(40, 2)
+    local = simulate(simulators.noisy, theta, batch_size=3, seed=11, progress=False)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    with cluster, distributed.Client(cluster) as client:
+        remote = simulate(
+            simulators.noisy,
+            theta,
+            batch_size=3,
+            seed=11,
+            executor=client.get_executor(),
+            progress=False,
+        )
+    assert torch.equal(local.x, remote.x)
+
+
+def test_unpicklable_simulator_on_a_process_pool_gets_a_clear_error():
+    with ProcessPoolExecutor(1) as pool, pytest.raises(RuntimeError, match="picklable"):
+        simulate(lambda t: t, torch.zeros(4, 1), executor=pool, progress=False)
+
+
+# failures -------------------------------------------------------------------------------
+
+
+def troubled_theta():
+    # 8 raise (> 0.625), 8 NaN (< -0.625), 5 sleep past the timeout (|t| < 0.125), 20 fine
+    return torch.linspace(-1.0, 1.0, 41).unsqueeze(-1)
+
+
+def test_failures_are_recorded_and_counted_exactly():
+    theta = troubled_theta()
+    out = simulate(
+        simulators.troubled, theta, batched=False, timeout=0.2, seed=0,
+        max_failure_fraction=0.6, progress=False,
+    )  # fmt: skip
+    t = theta[:, 0]
+    assert out.counts() == {
+        "nonfinite": int((t < -0.625).sum()),
+        "error": int((t > 0.625).sum()),
+        "timeout": int((t.abs() < 0.125).sum()),
+    }
+    assert out.counts() == {"nonfinite": 8, "error": 8, "timeout": 5}
+    assert torch.equal(out.ok, (t.abs() <= 0.625) & (t.abs() >= 0.125))
+    assert torch.isnan(out.x[~out.ok]).all() and torch.isfinite(out.x[out.ok]).all()
+    kept_theta, kept_x = out.valid()
+    assert torch.allclose(kept_x[:, 1], kept_theta[:, 0] ** 2)
+    row, failed_theta, kind, message = next(f for f in out.failures() if f[2] == "error")
+    assert failed_theta[0] > 0.625 and "cannot simulate" in message
+    assert out.seconds < 4.0  # five 0.2 s timeouts, not five 5 s sleeps
+
+
+def test_too_many_failures_stop_with_the_first_exception():
+    with pytest.raises(
+        SimulationError, match=r"(?s)21 of 41 .*=0.5.*first exception.*cannot simulate"
+    ):
+        simulate(
+            simulators.troubled, troubled_theta(), batched=False, timeout=0.2,
+            max_failure_fraction=0.5, progress=False,
+        )  # fmt: skip
+
+
+def test_a_batched_call_that_raises_is_retried_row_by_row():
+    def fragile(theta):
+        if (theta > 0.5).any():
+            raise ValueError("too large")
+        return theta * 3
+
+    theta = torch.linspace(0, 1, 11).unsqueeze(-1)
+    out = simulate(fragile, theta, batch_size=4, seed=0, progress=False)
+    assert torch.equal(out.ok, theta[:, 0] <= 0.5)
+    assert torch.equal(out.x[out.ok], 3 * theta[out.ok])
+
+
+def test_nan_outputs_of_a_batched_simulator_fail_their_rows_only():
+    def holes(theta):
+        x = theta.clone()
+        x[::3] = float("inf")
+        return x
+
+    out = simulate(holes, torch.ones(9, 2), seed=0, progress=False, max_failure_fraction=0.4)
+    assert out.counts()["nonfinite"] == 3 and out.num_failed == 3

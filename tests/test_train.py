@@ -1,11 +1,13 @@
 import pyro
 import pyro.distributions as dist
 import pytest
+import simulators
 import torch
 import zuko
 from models import Counter, hierarchical
 
 from pyro_sbi import NLE, SimulatorDistribution, train
+from pyro_sbi.simulate import SimulationError
 
 FAST = {"max_epochs": 2}
 
@@ -120,7 +122,7 @@ def test_proposal_of_the_wrong_dimension_is_refused():
 
 def test_non_finite_simulations_are_left_out():
     simulator = Counter(fail=lambda theta: theta[:, 0] > 1.0)
-    with pytest.warns(UserWarning, match="NaN or inf"):
+    with pytest.warns(UserWarning, match=r"simulations failed \(\d+ nonfinite\)"):
         reports = train(
             hierarchical(simulator, NLE(zuko.flows.MAF)),
             num_simulations=500,
@@ -131,6 +133,71 @@ def test_non_finite_simulations_are_left_out():
     expected = int((simulator.theta[:, 0] > 1.0).sum())
     assert report.num_failed == expected > 0
     assert len(report.x) == 500 - expected and torch.isfinite(report.x).all()
+    assert report.validity is not None and report.estimator.validity is report.validity
+
+
+def test_failures_of_every_kind_are_excluded_from_training():
+    likelihood = NLE(zuko.flows.MAF)
+
+    def model(x_o=None):
+        theta = pyro.sample("theta", dist.Uniform(-1.0, 1.0).expand([1]).to_event(1))
+        with pyro.plate("trials", 4):
+            pyro.sample(
+                "x", SimulatorDistribution(simulators.troubled, theta, likelihood, batched=False),
+                obs=x_o,
+            )  # fmt: skip
+
+    with pytest.warns(
+        UserWarning,
+        match=r"\d+ of 120 simulations failed \(\d+ nonfinite, \d+ error, \d+ timeout\)",
+    ):
+        report = train(
+            model, num_simulations=120, timeout=0.05, seed=3, max_failure_fraction=0.7,
+            progress=False, fit_options=FAST, validity=False,
+        )["x"]  # fmt: skip
+    (record,) = report.simulations
+    t = record.theta[:, 0]
+    assert record.counts() == {
+        "nonfinite": int((t < -0.625).sum()),
+        "error": int((t > 0.625).sum()),
+        "timeout": int((t.abs() < 0.125).sum()),
+    }
+    assert torch.equal(report.theta, record.theta[(t.abs() <= 0.625) & (t.abs() >= 0.125)])
+    assert report.num_failed == record.num_failed and likelihood.validity is None
+    with pytest.raises(SimulationError, match="max_failure_fraction=0.3"):
+        train(model, num_simulations=120, timeout=0.05, max_failure_fraction=0.3, progress=False)
+
+
+def test_a_store_is_reused_across_calls(tmp_path):
+    simulator = Counter()
+    model = hierarchical(simulator, NLE(zuko.flows.MAF))
+    first = train(
+        model, num_simulations=100, seed=0, store=tmp_path, progress=False, fit_options=FAST
+    )
+    again = train(
+        model, num_simulations=100, seed=1, store=tmp_path, progress=False, fit_options=FAST
+    )
+    assert simulator.count == 100  # nothing simulated the second time
+    assert torch.equal(first["x"].theta, again["x"].theta) and torch.equal(
+        first["x"].x, again["x"].x
+    )
+    more = train(model, num_simulations=150, store=tmp_path, progress=False, fit_options=FAST)
+    assert simulator.count == 150 and torch.equal(more["x"].theta[:100], first["x"].theta)
+    with pytest.raises(ValueError, match="made with the simulator"):
+        train(
+            hierarchical(simulators.noisy, NLE()),
+            num_simulations=10,
+            store=tmp_path,
+            progress=False,
+        )
+
+
+def test_a_store_drawn_from_the_prior_is_not_reused_for_a_proposal(tmp_path):
+    model = hierarchical(Counter(), NLE(zuko.flows.MAF))
+    train(model, num_simulations=20, store=tmp_path, progress=False, fit_options=FAST)
+    proposal = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+    with pytest.raises(ValueError, match="drawn from the prior, not from the proposal"):
+        train(model, num_simulations=20, proposal=proposal, store=tmp_path, progress=False)
 
 
 def test_model_without_simulator_site_is_refused():

@@ -1,0 +1,268 @@
+r"""An append-only, crash-safe store of simulations on disk (zarr).
+
+`simulate(..., store="sims.zarr")` writes every finished batch to a zarr group:
+
+- `theta (N, D)` float64, the parameters, written when the run is planned;
+- `x (N, *x_shape)`, the outputs (NaN where a simulation failed or is missing);
+- `seed (N,)` int64, the seed each simulation runs with, written before they run;
+- `status (N,)` int8: -1 still missing, otherwise a code of :mod:`pyro_sbi.simulate`
+  (0 ok, 1 NaN/inf, 2 error, 3 timeout);
+- attributes: the simulator's name, `D`, the root seed, the batch size and the failure
+  messages.
+
+Why it survives a crash: zarr's local store writes each chunk to a temporary file and
+renames it into place, so a chunk file is always either the old or the new version.
+Batches never cross a chunk boundary, and a batch is written in the order `x`, messages,
+`status`: the write of its `status` chunk is the commit. A run killed at any
+moment leaves whole batches, and batches still marked missing, which the next run with
+the same store simulates again with the same seeds. Appending parameters resizes
+`status` last for the same reason.
+
+Zarr was chosen over HDF5 for this: an HDF5 file killed during a write can be left
+unreadable (its metadata lives in one file, updated in place), and its SWMR mode does
+not allow growing the datasets from a fresh process that reopens the file.
+
+Read a store back with :meth:`SimulationStore.read`, or directly with
+`zarr.open_group(path)`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SimulationStore"]
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FORMAT_VERSION = 1
+_ROWS_PER_CHUNK = 256
+_MESSAGE_LIMIT = 1000
+_MAX_MESSAGES = 1000
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:  # pragma: no cover - depends on the installation
+        raise ImportError(
+            "a simulation store needs zarr: pip install 'pyro-sbi[store]' (or pip install zarr)"
+        ) from None
+    return zarr
+
+
+def simulator_id(simulator: Callable) -> str:
+    """`module.qualname` of a simulator (its class for a callable object).
+
+    Example:
+        >>> simulator_id(np.sin)
+        'numpy.sin'
+    """
+    target = simulator if hasattr(simulator, "__qualname__") else type(simulator)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+class SimulationStore:
+    r"""The zarr group holding the simulations of one :func:`~pyro_sbi.simulate` call.
+
+    Open it through :meth:`open`; :func:`~pyro_sbi.simulate` does so for you.
+
+    Attributes:
+        group: the `zarr.Group`.
+        seed: the root seed of the simulations.
+        batch_size: rows per batch.
+        chunk_rows: rows per chunk (a multiple of `batch_size`).
+    """
+
+    def __init__(self, group) -> None:
+        self.group = group
+        keys = ("theta", "seed", "status", "x")
+        self._arrays = {key: group[key] for key in keys if key in group}
+        meta = group.attrs["pyro_sbi"]
+        self.seed: int = meta["seed"]
+        self.batch_size: int = meta["batch_size"]
+        self.chunk_rows: int = meta["chunk_rows"]
+
+    @classmethod
+    def open(
+        cls,
+        store,
+        *,
+        simulator: Callable,
+        theta: Tensor,
+        seed: int | None,
+        batch_size: int | None,
+        default_batch_size: int,
+        batched: bool = True,
+    ) -> SimulationStore:
+        r"""Opens (or creates) the store for simulating `theta` and checks it matches.
+
+        The stored parameters and `theta` must agree on their common rows; rows of
+        `theta` beyond the store are appended.
+
+        Arguments:
+            store: a directory path or a `zarr.Group`.
+            simulator: the simulator (its name is checked).
+            theta: `(n, D)` parameters.
+            seed: the root seed (`None`: the stored one, or a new one).
+            batch_size: rows per batch (`None`: the stored one, or `default_batch_size`).
+            default_batch_size: the batch size of a new store.
+            batched: whether the simulator takes batches (checked against the store).
+
+        Raises:
+            ValueError: the store was made by another simulator, for another number of
+                parameters, with another seed or batch size, or holds other parameters.
+        """
+        zarr = _zarr()
+        group = store if isinstance(store, zarr.Group) else zarr.open_group(str(store), mode="a")
+        where = str(store) if not isinstance(store, zarr.Group) else group.path or str(group.store)
+        name, dim = simulator_id(simulator), theta.shape[-1]
+        meta = group.attrs.get("pyro_sbi")
+        if meta is None:
+            if len(group) or set(group.attrs) - {"source"}:
+                raise ValueError(f"{where} is not empty and is not a pyro_sbi simulation store")
+            batch_size = batch_size or default_batch_size
+            chunk_rows = batch_size * max(1, _ROWS_PER_CHUNK // batch_size)
+            seed = int(torch.randint(2**62, ())) if seed is None else int(seed)
+            group.attrs["pyro_sbi"] = {
+                "format": FORMAT_VERSION, "simulator": name, "theta_dim": dim, "seed": seed,
+                "batch_size": batch_size, "chunk_rows": chunk_rows, "batched": batched,
+            }  # fmt: skip
+            group.attrs["messages"] = {}
+            for key, shape, dtype, fill in (
+                ("theta", (0, dim), "float64", math.nan),
+                ("seed", (0,), "int64", -1),
+                ("status", (0,), "int8", -1),
+            ):
+                group.create_array(
+                    key, shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=dtype,
+                    fill_value=fill,
+                )  # fmt: skip
+        else:
+            _check(meta, where, simulator=name, theta_dim=dim, seed=seed,
+                   batch_size=batch_size, batched=batched)  # fmt: skip
+        self = cls(group)
+        self._extend(theta, where)
+        return self
+
+    @classmethod
+    def existing(cls, group, *, simulator: Callable, theta_dim: int) -> SimulationStore | None:
+        """The store in `group` if there is one (checked against the simulator), else `None`."""
+        meta = group.attrs.get("pyro_sbi")
+        if meta is None:
+            return None
+        where = group.path or str(group.store)
+        _check(meta, where, simulator=simulator_id(simulator), theta_dim=theta_dim)
+        return cls(group)
+
+    def __len__(self) -> int:
+        """Number of parameter rows committed to the store."""
+        return self._arrays["status"].shape[0]
+
+    def _extend(self, theta: Tensor, where: str) -> None:
+        stored = len(self)
+        common = min(stored, len(theta))
+        values = theta.detach().cpu().to(torch.float64).numpy()
+        if common and not np.array_equal(self._arrays["theta"][:common], values[:common]):
+            raise ValueError(
+                f"the simulation store {where} holds other parameters than those given (they "
+                f"differ within the first {common} rows); resume with the same theta and seed, "
+                "or use another store path"
+            )
+        if len(theta) <= stored:
+            return
+        n = len(theta)
+        for key in ("theta", "seed", "x"):
+            if key in self._arrays:
+                array = self._arrays[key]
+                array.resize((n, *array.shape[1:]))
+        self._arrays["theta"][stored:n] = values[stored:n]
+        self._arrays["status"].resize((n,))  # the commit
+
+    def read(self, n: int | None = None) -> tuple[Tensor | None, Tensor, Tensor, dict[int, str]]:
+        r"""The first `n` rows (all by default).
+
+        Returns:
+            `x (n, *x_shape)` (`None` before any simulation succeeded), `status (n,)`,
+            `seed (n,)` and the failure messages by row.
+        """
+        n = len(self) if n is None else n
+        status = torch.from_numpy(np.asarray(self._arrays["status"][:n]))
+        seed = torch.from_numpy(np.asarray(self._arrays["seed"][:n]))
+        x = None
+        if "x" in self._arrays:
+            x = torch.from_numpy(np.asarray(self._arrays["x"][:n]))
+            x = x.to(torch.get_default_dtype())
+        messages = {
+            int(row): message
+            for row, message in self.group.attrs.get("messages", {}).items()
+            if int(row) < n
+        }
+        return x, status, seed, messages
+
+    def theta(self) -> Tensor:
+        """`(N, D)` the committed parameters, in torch's default dtype."""
+        theta = np.asarray(self._arrays["theta"][: len(self)])
+        return torch.from_numpy(theta).to(torch.get_default_dtype())
+
+    def plan(self, seed: Tensor) -> None:
+        r"""Writes the seeds `(N,)` the missing rows will run with (before they run)."""
+        self._arrays["seed"][: len(seed)] = seed.numpy()
+
+    def write(
+        self,
+        start: int,
+        stop: int,
+        x: np.ndarray | None,
+        status: np.ndarray,
+        messages: dict[int, str],
+    ) -> None:
+        r"""Commits one finished batch of rows `start:stop`.
+
+        Arguments:
+            start: first row.
+            stop: one past the last row.
+            x: `(stop - start, *x_shape)` outputs, or `None` when every row failed.
+            status: `(stop - start,)` status codes.
+            messages: failure messages by row within the batch.
+        """
+        group = self.group
+        if x is not None:
+            if "x" not in self._arrays:
+                self._arrays["x"] = group.create_array(
+                    "x", shape=(len(self), *x.shape[1:]), dtype=x.dtype, fill_value=math.nan,
+                    chunks=(self.chunk_rows, *x.shape[1:]),
+                )  # fmt: skip
+            self._arrays["x"][start:stop] = x
+        if messages:
+            stored = dict(group.attrs.get("messages", {}))
+            for row, message in messages.items():
+                if len(stored) >= _MAX_MESSAGES:
+                    break
+                stored[str(start + row)] = message[-_MESSAGE_LIMIT:]
+            group.attrs["messages"] = stored
+        self._arrays["status"][start:stop] = status  # the commit
+
+
+def _check(meta: dict, where: str, *, simulator: str, theta_dim: int, **settings) -> None:
+    """Raises a ValueError naming every way the store differs from the request."""
+    if meta.get("format") != FORMAT_VERSION:
+        raise ValueError(
+            f"{where} is a simulation store of format {meta.get('format')}; this version of "
+            f"pyro_sbi reads format {FORMAT_VERSION}"
+        )
+    problems = []
+    if meta["simulator"] != simulator:
+        problems.append(f"the simulator {meta['simulator']}, not {simulator}")
+    if meta["theta_dim"] != theta_dim:
+        problems.append(f"{meta['theta_dim']} parameters, not {theta_dim}")
+    for key, value in settings.items():
+        if value is not None and meta[key] != value:
+            problems.append(f"{key}={meta[key]}, not {value}")
+    if problems:
+        raise ValueError(
+            f"the simulation store {where} was made with " + "; ".join(problems) + ". Use "
+            "another store path for a different simulation"
+        )

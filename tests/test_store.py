@@ -1,0 +1,141 @@
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import simulators
+import torch
+
+from pyro_sbi import simulate
+from pyro_sbi.store import SimulationStore
+
+zarr = pytest.importorskip("zarr")
+
+TESTS = Path(__file__).parent
+
+
+def test_a_rerun_with_the_store_simulates_nothing_and_returns_the_same(tmp_path):
+    theta = torch.randn(50, 2)
+    simulator = simulators.Interruptible()
+    first = simulate(simulator, theta, batch_size=8, seed=1, store=tmp_path / "s", progress=False)
+    again = simulate(simulator, theta, batch_size=8, seed=1, store=tmp_path / "s", progress=False)
+    assert simulator.rows == 50
+    assert torch.equal(first.x, again.x) and torch.equal(first.seed, again.seed)
+    group = zarr.open_group(str(tmp_path / "s"), mode="r")
+    assert group["theta"].shape == (50, 2) and (group["status"][:] == 0).all()
+    assert group.attrs["pyro_sbi"]["seed"] == 1
+
+
+def test_an_interrupted_run_resumes_with_identical_results(tmp_path):
+    theta = torch.randn(60, 2)
+    reference = simulate(simulators.Interruptible(), theta, batch_size=10, seed=4, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(
+            simulators.Interruptible(stop_after=3), theta, batch_size=10, seed=4,
+            store=tmp_path / "s", progress=False,
+        )  # fmt: skip
+    _, status, _, _ = SimulationStore(zarr.open_group(str(tmp_path / "s"))).read()
+    assert int((status >= 0).sum()) == 30
+
+    simulator = simulators.Interruptible()
+    resumed = simulate(simulator, theta, store=tmp_path / "s", progress=False)  # stored seed
+    assert simulator.rows == 30
+    assert torch.equal(resumed.x, reference.x)
+
+
+def test_failures_are_stored_and_not_retried(tmp_path):
+    theta = torch.linspace(-1.0, 1.0, 41).unsqueeze(-1)
+    options = dict(batched=False, timeout=0.2, seed=0, max_failure_fraction=0.6, progress=False)
+    first = simulate(simulators.troubled, theta, store=tmp_path / "s", **options)
+    start = time.perf_counter()
+    again = simulate(simulators.troubled, theta, store=tmp_path / "s", **options)
+    assert time.perf_counter() - start < 0.5  # nothing simulated, no timeout waited for
+    assert torch.equal(first.status, again.status) and again.counts() == first.counts()
+    assert "cannot simulate" in again.messages[int(torch.nonzero(again.status == 2)[0])]
+
+
+def test_more_parameters_are_appended(tmp_path):
+    theta = torch.randn(30, 2)
+    simulator = simulators.Interruptible()
+    simulate(simulator, theta[:20], batch_size=8, seed=2, store=tmp_path / "s", progress=False)
+    out = simulate(simulator, theta, batch_size=8, seed=2, store=tmp_path / "s", progress=False)
+    assert simulator.rows == 30 and out.num_failed == 0 and torch.isfinite(out.x).all()
+    fewer = simulate(simulator, theta[:10], store=tmp_path / "s", progress=False)
+    assert simulator.rows == 30 and torch.equal(fewer.x, out.x[:10])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(simulator=simulators.Other()), "made with the simulator simulators.Interruptible"),
+        (dict(theta=torch.randn(10, 3)), "2 parameters, not 3"),
+        (dict(theta=torch.randn(10, 2)), "holds other parameters"),
+        (dict(seed=8), "seed=7, not 8"),
+        (dict(batch_size=3), "batch_size=5, not 3"),
+    ],
+)
+def test_a_store_made_differently_is_refused(tmp_path, change, message):
+    theta = torch.randn(10, 2)
+    options = dict(simulator=simulators.Interruptible(), theta=theta, batch_size=5, seed=7)
+    simulate(**options, store=tmp_path / "s", progress=False)
+    with pytest.raises(ValueError, match=message):
+        simulate(**{**options, **change}, store=tmp_path / "s", progress=False)
+
+
+def test_a_folder_that_is_not_a_store_is_refused(tmp_path):
+    zarr.open_group(str(tmp_path / "s"), mode="w").create_array("data", shape=(2,), dtype="f8")
+    with pytest.raises(ValueError, match="not a pyro_sbi simulation store"):
+        simulate(simulators.noisy, torch.zeros(2, 1), store=tmp_path / "s", progress=False)
+
+
+KILLED_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+import torch
+import simulators
+from pyro_sbi import simulate
+
+torch.manual_seed(0)
+theta = torch.randn({n}, 2)
+simulate(simulators.slow_batch, theta, batch_size=5, seed=3, store={store!r}, progress=False)
+"""
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    n, store = 200, str(tmp_path / "s")
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(KILLED_RUN.format(tests=str(TESTS), n=n, store=store)))
+    child = subprocess.Popen([sys.executable, str(script)])
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            try:
+                done = int((zarr.open_group(store, mode="r")["status"][:] >= 0).sum())
+            except Exception:  # not created yet
+                done = 0
+            if done >= 40:
+                break
+            time.sleep(0.01)
+        time.sleep(0.047)  # at an arbitrary point of a batch
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    assert child.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    _, status, _, _ = SimulationStore(zarr.open_group(store)).read()
+    assert 40 <= int((status >= 0).sum()) < n
+
+    torch.manual_seed(0)
+    theta = torch.randn(n, 2)
+    resumed = simulate(
+        simulators.slow_batch, theta, batch_size=5, seed=3, store=store, progress=False
+    )
+    reference = simulate(simulators.slow_batch, theta, batch_size=5, seed=3, progress=False)
+    assert torch.equal(resumed.x, reference.x)
+    group = zarr.open_group(store, mode="r")
+    assert group["theta"].shape == (n, 2) and torch.equal(
+        torch.as_tensor(group["theta"][:]).to(theta.dtype), theta
+    )
+    assert (group["status"][:] == 0).all() and group["x"].shape == (n, 2)
