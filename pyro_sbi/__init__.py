@@ -25,6 +25,7 @@ __all__ = [
     "c2st",
     "fit",
     "simulate",
+    "to_inference_data",
     "train",
 ]
 
@@ -39,6 +40,7 @@ from pyro_sbi.diagnostics import c2st  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
+from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402

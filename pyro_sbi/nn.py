@@ -35,7 +35,11 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 FORMAT_VERSION = 1
-_BUFFERS = ("theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max")
+_BUFFERS = (
+    "theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max",
+    # the region of theta seen in training (local validity)
+    "theta_min", "theta_max", "theta_mean", "theta_whiten", "theta_radius",
+)  # fmt: skip
 
 
 class UntrainedEstimatorError(ValueError):
@@ -177,12 +181,55 @@ class Estimator(nn.Module):
         self.theta_loc, self.theta_scale = _loc_scale(theta, self.z_score)
         self.x_loc, self.x_scale = _loc_scale(self._transform(flat), self.z_score)
         self.x_min, self.x_max = flat.min(0).values, flat.max(0).values
+        self._remember_region(theta)
         self.num_simulations = 0
         self.validity = None  # belongs to the previous training data
         self._build()
 
     def _build(self) -> None:
         raise NotImplementedError
+
+    def _remember_region(self, theta: Tensor) -> None:
+        """Box, mean, whitening matrix and largest Mahalanobis radius of the training theta."""
+        self.theta_min, self.theta_max = theta.min(0).values, theta.max(0).values
+        self.theta_mean = theta.mean(0)
+        centred = theta - self.theta_mean
+        covariance = centred.T @ centred / max(len(theta) - 1, 1)
+        covariance = covariance + 1e-9 * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(
+            theta.shape[-1], dtype=theta.dtype
+        )
+        self.theta_whiten = torch.linalg.inv(torch.linalg.cholesky(covariance))
+        self.theta_radius = (centred @ self.theta_whiten.T).norm(dim=-1).max()
+
+    def outside(self, theta: Tensor) -> Tensor:
+        r"""Which parameters lie outside the region of `theta` seen in training.
+
+        A parameter vector is outside when a coordinate leaves the range of the training
+        parameters or when its Mahalanobis distance to their mean (under their
+        covariance) exceeds the largest distance among them: there the estimator
+        extrapolates.
+
+        Arguments:
+            theta: `(*, D)` parameters.
+
+        Returns:
+            `(*)` booleans.
+
+        Example:
+            >>> from pyro_sbi import NLE
+            >>> theta = torch.rand(500, 2)
+            >>> estimator = NLE()
+            >>> _ = estimator.fit(theta, theta, max_epochs=1, progress=False)
+            >>> estimator.outside(torch.tensor([[0.5, 0.5], [1.5, 0.5]]))
+            tensor([False,  True])
+        """
+        self.check_trained()
+        if self.theta_min is None:  # saved before the region was kept
+            return torch.zeros(theta.shape[:-1], dtype=torch.bool)
+        theta = theta.to(self.theta_min.dtype)
+        box = ((theta < self.theta_min) | (theta > self.theta_max)).any(-1)
+        distance = ((theta - self.theta_mean) @ self.theta_whiten.T).norm(dim=-1)
+        return box | (distance > self.theta_radius)
 
     def fit(self, theta: Tensor, x: Tensor, **options) -> object:
         r"""Builds the estimator afresh for `(theta, x)` and trains it.
@@ -298,7 +345,7 @@ class Estimator(nn.Module):
         estimator.theta_dim = header["theta_dim"]
         estimator.x_shape = Size(header["x_shape"])
         for name in _BUFFERS:
-            setattr(estimator, name, state[name])
+            setattr(estimator, name, state.get(name))
         estimator._build()
         if "validity" in header:
             estimator.validity = _load_validity(header["validity"], state)
@@ -497,7 +544,7 @@ def _load_validity(header: dict, state: dict) -> Estimator:
     validity = ValidityClassifier.from_config(header["options"])
     validity.theta_dim, validity.x_shape = header["theta_dim"], Size([1])
     for name in _BUFFERS:
-        setattr(validity, name, state[f"validity.{name}"])
+        setattr(validity, name, state.get(f"validity.{name}"))
     validity._build()
     validity.num_simulations = header["num_simulations"]
     return validity

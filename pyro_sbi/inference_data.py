@@ -1,0 +1,332 @@
+r"""A complete ArviZ `InferenceData` for a Pyro model with simulator sites.
+
+`az.from_pyro` drops the pointwise log-likelihood of plated models with event
+dimensions and draws posterior predictions from nowhere for a simulator site.
+:func:`to_inference_data` builds every group itself from vectorised traces of the
+model:
+
+- `posterior`: the latent sites, dims named after the model's plates;
+- `sample_stats`: `diverging` per draw and the log joint density `lp` (both for an
+  `MCMC` run), and `step_size` for a single chain (Pyro keeps no per-draw tree depth,
+  acceptance or energy);
+- `log_likelihood`: the log-density of every observed site per draw and per element
+  of its plates (per trial under a plate of trials), for tractable sites and for
+  simulator sites with a normalised estimator (NLE, MNLE, ensembles of them). A site
+  with a ratio estimator (NRE) is left out with a warning: a log-ratio is not a
+  normalised likelihood, so LOO and WAIC would be wrong;
+- `posterior_predictive`: the observed sites simulated again at each posterior draw,
+  with the **real** simulator for simulator sites;
+- `prior` and `prior_predictive` (with `prior=`), also from the real simulator;
+- `observed_data`.
+
+It also checks, per simulator site, how much of the posterior puts the site's
+parameters outside the region its estimator was trained on (see
+:func:`pyro_sbi.diagnostics.outside_training`) and warns when that share is not small.
+"""
+
+from __future__ import annotations
+
+__all__ = ["to_inference_data"]
+
+import contextlib
+import warnings
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import MCMC
+from pyro.poutine.util import prune_subsample_sites
+from torch import Tensor
+
+from pyro_sbi.distribution import SimulatorDistribution
+
+_DRAWS = "_pyro_sbi_draws"
+
+
+def to_inference_data(
+    posterior: MCMC | Mapping[str, Tensor],
+    model: Callable,
+    *args,
+    prior: int = 0,
+    posterior_predictive: bool = True,
+    log_likelihood: bool = True,
+    chunk_size: int = 500,
+    validity_threshold: float = 0.01,
+    **kwargs,
+):
+    r"""Builds an ArviZ `InferenceData` from posterior draws of `model(*args, **kwargs)`.
+
+    Arguments:
+        posterior: a finished :class:`pyro.infer.MCMC` run, or a mapping from latent
+            site names to draws `(num_draws, *site_shape)` (one chain, e.g. from SVI and
+            `Predictive`).
+        model: the Pyro model.
+        args: the model's positional arguments as given to inference (observations
+            included).
+        prior: number of prior draws for the `prior` and `prior_predictive` groups
+            (0: leave them out).
+        posterior_predictive: add the `posterior_predictive` group (simulates once per
+            posterior draw and observed element).
+        log_likelihood: add the pointwise `log_likelihood` group.
+        chunk_size: posterior draws per vectorised run of the model.
+        validity_threshold: warn when more than this share of a simulator site's
+            posterior parameters lie outside its training region.
+        kwargs: the model's keyword arguments.
+
+    Returns:
+        An `arviz.InferenceData` with dims named after the model's plates.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(y=None):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("trials", 3):
+        ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> idata = to_inference_data({"mu": torch.randn(100)}, model, torch.zeros(3))
+        >>> sorted(idata.groups())
+        ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive']
+        >>> idata.log_likelihood["y"].dims
+        ('chain', 'draw', 'trials')
+    """
+    import arviz as az
+
+    samples, stats = _posterior_draws(posterior)
+    chains, draws = next(iter(samples.values())).shape[:2]
+    base = _base_trace(model, args, kwargs)
+    nesting = _max_plate_nesting(base)
+    observed = [name for name, site in _sample_sites(base) if site["is_observed"]]
+    latent = [name for name in samples if name in base.nodes]
+    dims, coords = _dims_and_coords(base)
+
+    flat = {
+        name: value.reshape(chains * draws, *value.shape[2:]) for name, value in samples.items()
+    }
+    lp: list[Tensor] = []
+    log_lik: dict[str, list[Tensor]] = {name: [] for name in observed}
+    outside: dict[str, list[Tensor]] = {}
+    predictions: dict[str, list[Tensor]] = {name: [] for name in observed}
+    ratio_sites = [
+        name for name in observed if (sim := _simulator_site(base.nodes[name]))
+        and not sim.estimator.normalized
+    ]  # fmt: skip
+    runner = _Runner(model, base, nesting, args, kwargs)
+    for start in range(0, chains * draws, chunk_size):
+        chunk = {name: value[start : start + chunk_size] for name, value in flat.items()}
+        sites = runner(chunk)
+        lp.append(sum(_per_draw(site["log_prob"]) for site in sites.values()))
+        for name, site in sites.items():
+            if name in log_lik:
+                log_lik[name].append(site["log_prob"])
+            if site["outside"] is not None:
+                outside.setdefault(name, []).append(site["outside"])
+        if posterior_predictive:
+            fresh = runner(chunk, uncondition=True)
+            for name in observed:
+                predictions[name].append(fresh[name]["value"])
+
+    def grouped(parts: list[Tensor]) -> np.ndarray:
+        value = torch.cat(parts)
+        return value.reshape(chains, draws, *value.shape[1:]).detach().cpu().numpy()
+
+    groups = {
+        "posterior": {name: value.detach().cpu().numpy() for name, value in samples.items()},
+        "observed_data": {
+            name: base.nodes[name]["value"].detach().cpu().numpy() for name in observed
+        },
+    }
+    sample_stats = {name: value for name, value in stats.items()}
+    if isinstance(posterior, MCMC):
+        sample_stats["lp"] = grouped(lp)
+    if sample_stats:
+        groups["sample_stats"] = sample_stats
+    if log_likelihood:
+        for name in ratio_sites:
+            kind = type(_simulator_site(base.nodes[name]).estimator).__name__
+            warnings.warn(
+                f"site {name!r}: its estimator {kind} gives log p(x | theta) - log p(x), not a "
+                "normalised likelihood, so the log_likelihood group leaves it out (LOO and "
+                "WAIC would be wrong)",
+                stacklevel=2,
+            )
+        kept = {name: grouped(parts) for name, parts in log_lik.items() if name not in ratio_sites}
+        if kept:
+            groups["log_likelihood"] = kept
+    if posterior_predictive:
+        groups["posterior_predictive"] = {name: grouped(p) for name, p in predictions.items()}
+    if prior:
+        groups["prior"], groups["prior_predictive"] = {}, {}
+        for name, site in runner({}, uncondition=True, size=prior).items():
+            if name in latent or name in observed:
+                group = "prior_predictive" if name in observed else "prior"
+                groups[group][name] = site["value"].unsqueeze(0).detach().cpu().numpy()
+
+    for name, parts in outside.items():
+        share = float(torch.cat(parts).float().mean())
+        if share > validity_threshold:
+            warnings.warn(
+                f"site {name!r}: {share:.1%} of the posterior draws put its parameters outside "
+                "the region the estimator was trained on, where its log_prob extrapolates; "
+                "see pyro_sbi.diagnostics.outside_training, and train with a prior or "
+                "proposal covering the posterior",
+                stacklevel=2,
+            )
+    return _from_dict(az, groups, coords, dims)
+
+
+def _from_dict(az, groups: dict, coords: dict, dims: dict):
+    """`az.from_dict` for ArviZ 0.x (groups as keywords) and 1.x (`arviz_base`)."""
+    if int(az.__version__.split(".")[0]) >= 1:
+        from arviz_base import from_dict
+
+        return from_dict(groups, coords=coords, dims=dims)
+    return az.from_dict(**groups, coords=coords, dims=dims)
+
+
+def _posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
+    """Draws `(chains, draws, *shape)` per latent site and the sample stats of a run."""
+    if isinstance(posterior, MCMC):
+        samples = posterior.get_samples(group_by_chain=True)
+        chains, draws = next(iter(samples.values())).shape[:2]
+        stats = {}
+        diagnostics = posterior.diagnostics()
+        if "divergences" in diagnostics:
+            diverging = np.zeros((chains, draws), dtype=bool)
+            for chain, key in enumerate(sorted(diagnostics["divergences"])):
+                diverging[chain, diagnostics["divergences"][key]] = True
+            stats["diverging"] = diverging
+        step_size = getattr(posterior.kernel, "step_size", None)
+        if chains == 1 and step_size is not None:
+            stats["step_size"] = np.full((1, draws), float(step_size))
+        return dict(samples), stats
+    samples = {name: torch.as_tensor(value).unsqueeze(0) for name, value in posterior.items()}
+    sizes = {value.shape[1] for value in samples.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"the posterior draws have different numbers of draws: {sizes}")
+    return samples, {}
+
+
+def _base_trace(model, args, kwargs):
+    with torch.no_grad(), poutine.block():
+        return poutine.trace(model).get_trace(*args, **kwargs)
+
+
+def _sample_sites(trace):
+    """`(name, site)` of the sample sites, without plates' subsample sites."""
+    trace = prune_subsample_sites(trace)
+    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
+
+
+def _max_plate_nesting(trace) -> int:
+    depth = 0
+    for _, site in _sample_sites(trace):
+        frames = [-frame.dim for frame in site["cond_indep_stack"] if frame.vectorized]
+        depth = max([depth, len(site["fn"].batch_shape), *frames])
+    return depth
+
+
+def _batch_shape(site) -> torch.Size:
+    """The shape of the site's log-density in an ordinary run of the model."""
+    fn, value = site["fn"], site["value"]
+    return value.shape[: value.dim() - fn.event_dim]
+
+
+def _dims_and_coords(trace) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
+    """Dims of every site: plate names where a plate covers a dimension, `<site>_dim_<i>`."""
+    dims, coords = {}, {}
+    for name, site in _sample_sites(trace):
+        shape = site["value"].shape
+        batch = len(_batch_shape(site))
+        frames = {frame.dim: frame for frame in site["cond_indep_stack"] if frame.vectorized}
+        names = []
+        for i, size in enumerate(shape):
+            frame = frames.get(i - batch) if i < batch else None
+            if frame is not None and frame.size == size:
+                names.append(frame.name)
+                coords[frame.name] = np.arange(size)
+            else:
+                names.append(f"{name}_dim_{i}")
+        dims[name] = names
+    return dims, coords
+
+
+def _per_draw(log_prob: Tensor) -> Tensor:
+    """`(n, *batch) -> (n,)`: summed over everything but the draws."""
+    return log_prob.reshape(len(log_prob), -1).sum(-1)
+
+
+class _Runner:
+    """Runs the model at many draws of its latent sites: vectorised, or one draw at a time.
+
+    A call returns, per sample site, `value (n, *shape)`, `log_prob (n, *batch_shape)`
+    (the shapes of an ordinary run of the model) and, for a simulator site,
+    `outside (n,)`: whether any of its parameters in a draw lie outside the training
+    region of its estimator.
+    """
+
+    def __init__(self, model, base, nesting, args, kwargs) -> None:
+        self.model, self.base, self.nesting = model, base, nesting
+        self.args, self.kwargs = args, kwargs
+        self.vectorize = True
+
+    def __call__(self, samples, *, uncondition=False, size=None) -> dict:
+        model = poutine.uncondition(self.model) if uncondition else self.model
+        size = size if size is not None else len(next(iter(samples.values())))
+        if self.vectorize:
+            try:
+                return self._run(model, samples, size, vectorized=True)
+            except Exception:  # the model cannot run under an extra plate of draws
+                self.vectorize = False
+        runs = [
+            self._run(model, {k: v[i : i + 1] for k, v in samples.items()}, 1, vectorized=False)
+            for i in range(size)
+        ]
+        return {
+            name: {
+                key: None if part is None else torch.cat([run[name][key] for run in runs])
+                for key, part in site.items()
+            }
+            for name, site in runs[0].items()
+        }
+
+    def _run(self, model, samples, size, *, vectorized) -> dict:
+        data = {}
+        for name, value in samples.items():
+            if vectorized:
+                padding = (1,) * max(self.nesting - (value.dim() - 1), 0)
+                data[name] = value.reshape(size, *padding, *value.shape[1:])
+            else:
+                data[name] = value[0]
+        with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:
+            if vectorized:
+                stack.enter_context(pyro.plate(_DRAWS, size, dim=-self.nesting - 1))
+            trace = poutine.trace(poutine.condition(model, data)).get_trace(
+                *self.args, **self.kwargs
+            )
+        sites = {}
+        for name, site in _sample_sites(trace):
+            if name not in self.base.nodes:
+                continue
+            natural = self.base.nodes[name]
+            batch = _batch_shape(natural)
+            log_p = site["fn"].log_prob(site["value"])
+            log_p = log_p.expand(log_p.shape[: log_p.dim() - len(batch)] + batch)
+            result = {
+                "value": site["value"].reshape(size, *natural["value"].shape),
+                "log_prob": log_p.reshape(size, *batch),
+                "outside": None,
+            }
+            simulator = _simulator_site(site)
+            if simulator is not None and simulator.estimator.trained:
+                theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
+                result["outside"] = simulator.estimator.outside(theta).any(-1)
+            sites[name] = result
+        return sites
+
+
+def _simulator_site(site) -> SimulatorDistribution | None:
+    fn = site["fn"]
+    while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return fn if isinstance(fn, SimulatorDistribution) else None
