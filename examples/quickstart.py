@@ -27,7 +27,7 @@ import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from pyro.infer import MCMC, NUTS  # noqa: E402
 
-from pyro_sbi import NLE, SimulatorDistribution, train  # noqa: E402
+from pyro_sbi import NLE, SimulatorDistribution, to_inference_data, train  # noqa: E402
 
 
 def simulator(theta: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,7 @@ def main() -> None:
     sampled = time.perf_counter()
     print(f"training {trained - start:.1f} s, NUTS {sampled - trained:.1f} s")
 
-    idata = az.from_pyro(mcmc)
+    idata = to_inference_data(mcmc, model, x_obs)  # posterior predictive by the simulator
     print(az.summary(idata, var_names=["mu"], kind="stats"))
 
     posterior = mcmc.get_samples()
@@ -95,7 +95,7 @@ def main() -> None:
     print(f"{inside:.0%} of the true subject parameters lie in their 90% intervals")
 
     args.output.mkdir(parents=True, exist_ok=True)
-    az.plot_trace(idata, var_names=["mu", "theta"], coords={"theta_dim_0": [0, 1]})
+    az.plot_trace(idata, var_names=["mu", "theta"], coords={"subjects": [0, 1]})
     plt.tight_layout()
     plt.savefig(args.output / "quickstart_trace.png", dpi=80)
     fig, ax = plt.subplots(figsize=(5, 5))

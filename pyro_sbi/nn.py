@@ -195,10 +195,12 @@ class Estimator(nn.Module):
         self.theta_mean = theta.mean(0)
         centred = theta - self.theta_mean
         covariance = centred.T @ centred / max(len(theta) - 1, 1)
-        covariance = covariance + 1e-9 * covariance.diagonal().mean().clamp_min(1e-12) * torch.eye(
-            theta.shape[-1], dtype=theta.dtype
-        )
-        self.theta_whiten = torch.linalg.inv(torch.linalg.cholesky(covariance))
+        eye = torch.eye(theta.shape[-1], dtype=theta.dtype)
+        covariance = covariance + (1e-6 * covariance.diagonal().mean() + 1e-12) * eye
+        factor, info = torch.linalg.cholesky_ex(covariance)
+        if info != 0:  # degenerate (e.g. very few simulations): per-coordinate scales only
+            factor = covariance.diagonal().sqrt().diag()
+        self.theta_whiten = torch.linalg.inv(factor)
         self.theta_radius = (centred @ self.theta_whiten.T).norm(dim=-1).max()
 
     def outside(self, theta: Tensor) -> Tensor:

@@ -26,6 +26,13 @@ parameter and its outputs do not depend on `batch_size`; a batched simulator's d
 Without `seed=`, an in-process run uses the global generators as they are, and a run
 on an executor or with a store draws its root seed from torch's generator (so
 `pyro.set_rng_seed` governs it).
+A seeded run cuts `theta` into about a hundred batches by default whatever the
+executor, so that a batched simulator gives the same results everywhere. Worker
+*threads* (a `ThreadPoolExecutor`, Dask workers with several threads) share the global
+generators, so there only a simulator that takes the `seed` keyword is reproducible;
+worker processes (a process pool, Dask's default `LocalCluster`) have their own. Rows
+appended to an existing store start a batch of their own, so for a batched simulator
+they match a fresh run only when `batch_size` divides the previous length.
 
 **Failures.** A simulation that raises, returns NaN or inf, or runs past `timeout=`
 seconds is recorded (its row, the kind of failure and the message), its row of `x` is
@@ -54,7 +61,6 @@ __all__ = [
 import contextlib
 import inspect
 import math
-import os
 import random
 import signal
 import threading
@@ -207,7 +213,7 @@ def simulate(
         (torch.Size([10, 2]), 0)
     """
     start_time = time.perf_counter()
-    theta = torch.as_tensor(theta).detach()
+    theta = torch.as_tensor(theta).detach().cpu()
     if theta.dim() != 2:
         raise ValueError(f"simulate expects theta of shape (n, D); got {tuple(theta.shape)}")
     if batch_size is not None and batch_size < 1:
@@ -228,12 +234,12 @@ def simulate(
 
         stored = SimulationStore.open(
             store, simulator=simulator, theta=theta, seed=seed, batch_size=batch_size,
-            default_batch_size=_default_batch_size(n, batched, executor, store=True),
+            default_batch_size=_default_batch_size(n, batched, seeded=True),
             batched=batched,
         )  # fmt: skip
         seed, batch_size = stored.seed, stored.batch_size
     elif batch_size is None:
-        batch_size = _default_batch_size(n, batched, executor, store=False)
+        batch_size = _default_batch_size(n, batched, seeded=seeded)
 
     status = torch.full((n,), -1, dtype=torch.int8)
     seeds = torch.full((n,), -1, dtype=torch.int64)
@@ -257,7 +263,7 @@ def simulate(
     if stored is not None and ranges:
         stored.plan(seeds)
     tasks = (
-        (start, stop, theta[start:stop].numpy(), row_seeds.get(start), timeout)
+        (start, stop, theta[start:stop].numpy().copy(), row_seeds.get(start), timeout)
         for start, stop in ranges
     )
     num_failed, done, first_error = 0, 0, None
@@ -274,13 +280,16 @@ def simulate(
         for start, stop, result in _run(
             simulator, tasks, executor, batched=batched, numpy=numpy, pass_seed=pass_seed
         ):
-            batch_x, batch_status, batch_messages = result
+            batch_x, batch_status, batch_messages, retried = result
+            if retried is not None:  # a failed batched call was rerun row by row
+                seeds[start:stop] = torch.from_numpy(retried)
+            fresh = x is None
             if batch_x is not None and x is None:
                 if stop - start == n:  # one batch: keep its array
                     x = torch.from_numpy(batch_x)
                 else:
                     x = torch.full((n, *batch_x.shape[1:]), math.nan, dtype=_torch_dtype())
-            if batch_x is not None and stop - start < n:
+            if batch_x is not None and not (fresh and stop - start == n):
                 if tuple(batch_x.shape[1:]) != tuple(x.shape[1:]):
                     raise ValueError(
                         f"simulator {name} returned outputs of different shapes: "
@@ -294,7 +303,8 @@ def simulate(
                     first_error = (ERROR, message)
                 first_error = first_error or (int(batch_status[row]), message)
             if stored is not None:
-                stored.write(start, stop, batch_x, batch_status, batch_messages)
+                retried_seeds = None if retried is None else seeds[start:stop]
+                stored.write(start, stop, batch_x, batch_status, batch_messages, retried_seeds)
             failed_here = int(np.count_nonzero(batch_status))  # OK is 0
             num_failed += failed_here
             bar.update(stop - start)
@@ -306,8 +316,12 @@ def simulate(
                 )
     finally:
         bar.close()
-    if x is None:
-        raise SimulationError(_too_many(name, num_failed, n, max_failure_fraction, first_error))
+    if x is None:  # nothing succeeded: the output shape is unknown
+        message = f"all {n} simulations of {name} failed"
+        if first_error is not None:
+            what = "exception" if first_error[0] == ERROR else "failure"
+            message += f". The first {what}:\n{first_error[1]}"
+        raise SimulationError(message)
     result = Simulations(
         theta, x.to(torch.get_default_dtype()), status, seeds, messages,
         time.perf_counter() - start_time,
@@ -337,22 +351,11 @@ def _too_many(
     return message
 
 
-def _default_batch_size(n: int, batched: bool, executor: Executor | None, *, store: bool) -> int:
-    if executor is not None:
-        workers = getattr(executor, "_max_workers", None) or _dask_workers(executor)
-        workers = workers or os.cpu_count() or 1
-        return max(1, math.ceil(n / (4 * workers)))
-    if store:
+def _default_batch_size(n: int, batched: bool, *, seeded: bool) -> int:
+    """A hundredth of the rows when seeded (whatever the executor, so that results agree)."""
+    if seeded:
         return max(1, math.ceil(n / 100))
     return max(n, 1) if batched else 1
-
-
-def _dask_workers(executor: Executor) -> int | None:
-    client = getattr(executor, "_client", None)
-    try:
-        return sum(client.nthreads().values()) if client is not None else None
-    except Exception:  # a client that cannot answer: fall back to the local core count
-        return None
 
 
 def _pending_ranges(status: Tensor, batch_size: int) -> list[tuple[int, int]]:
@@ -380,6 +383,10 @@ def _row_seed(root: int, row: int) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def _offset(seed: int | None, offset: int) -> int | None:
+    return None if seed is None else (seed + offset) % 2**63
+
+
 def _takes_seed(simulator: Callable) -> bool:
     try:
         return "seed" in inspect.signature(simulator).parameters
@@ -389,6 +396,7 @@ def _takes_seed(simulator: Callable) -> bool:
 
 def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tuple]]:
     """Yields `(start, stop, result)` per batch as batches finish."""
+    options["dtype"] = str(torch.get_default_dtype()).removeprefix("torch.")
     if executor is None:
         for start, stop, theta, seeds, timeout in tasks:
             yield start, stop, _run_batch(simulator, theta, seeds, timeout, **options)
@@ -404,10 +412,13 @@ def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tupl
                 result = future.result()
             except _SimulatorContractError:
                 raise
-            except Exception as error:  # the task never ran (e.g. the simulator cannot be pickled)
+            except Exception as error:  # the task never ran, or its worker died
+                if "pickl" in repr(error).lower():
+                    hint = "the simulator must be picklable: define it at module level"
+                else:
+                    hint = "a worker may have died (out of memory, or a crash in the simulator)"
                 raise RuntimeError(
-                    f"the executor could not run a batch of {_name(simulator)} ({error!r}). On "
-                    "a process pool the simulator must be picklable: define it at module level"
+                    f"the executor could not run a batch of {_name(simulator)} ({error!r}); {hint}"
                 ) from error
             yield start, stop, result
     finally:
@@ -424,11 +435,15 @@ def _run_batch(
     batched: bool,
     numpy: bool,
     pass_seed: bool,
-) -> tuple[np.ndarray | None, np.ndarray, dict[int, str]]:
+    dtype: str,
+) -> tuple[np.ndarray | None, np.ndarray, dict[int, str], np.ndarray | None]:
     """Simulates `theta (b, D)`; returns `x (b, *x_shape)` or None, status `(b,)`, messages.
 
-    Runs wherever the executor puts it, so it takes and returns numpy arrays only.
+    Runs wherever the executor puts it, so it takes and returns numpy arrays only. The
+    last element gives the seeds used when a failed batched call was rerun row by row.
     """
+    dtype = np.dtype(dtype)
+    retried = None
     b = len(theta)
     status = np.full(b, OK, dtype=np.int8)
     messages: dict[int, str] = {}
@@ -466,7 +481,7 @@ def _run_batch(
     if batched:
         seed = None if seeds is None else int(seeds[0])
         try:
-            return _checked(call(theta, seed, single=False), status, messages)
+            return (*_checked(call(theta, seed, single=False), status, messages, dtype), None)
         except _Timeout:
             status[:] = TIMEOUT
             messages.update(dict.fromkeys(range(b), f"batch timed out after {timeout} s"))
@@ -476,9 +491,9 @@ def _run_batch(
             if b == 1:
                 status[0], messages[0] = ERROR, _format_exception()
             else:
-                rows_one_by_one(
-                    range(b), lambda row: None if seed is None else (seed + row + 1) % 2**63
-                )
+                rows_one_by_one(range(b), lambda row: _offset(seed, row + 1))
+                if seed is not None:
+                    retried = np.array([_offset(seed, row + 1) for row in range(b)], np.int64)
     else:
         rows_one_by_one(range(b), lambda row: None if seeds is None else int(seeds[row]))
 
@@ -488,22 +503,22 @@ def _run_batch(
             f"simulator {_name(simulator)} returned outputs of different shapes: {shapes}"
         )
     if not shapes:
-        return None, status, messages
-    x = np.full((b, *shapes.pop()), np.nan, dtype=_dtype())
+        return None, status, messages, retried
+    x = np.full((b, *shapes.pop()), np.nan, dtype=dtype)
     for row, out in enumerate(outputs):
         if out is not None:
             x[row] = out
-    return _checked(x, status, messages)
+    return (*_checked(x, status, messages, dtype), retried)
 
 
-def _checked(x: np.ndarray, status: np.ndarray, messages: dict[int, str]) -> tuple:
+def _checked(x: np.ndarray, status: np.ndarray, messages: dict[int, str], dtype) -> tuple:
     """Marks rows of `x (b, *x_shape)` holding NaN or inf as failed (status still OK)."""
-    x = x.astype(_dtype(), copy=False)
+    x = x.astype(dtype, copy=False)
     if np.isfinite(x).all():  # the common case, without a reduction per row
         return x, status, messages
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(1) & (status == OK)
     if bad.any():
-        x = x.copy() if not x.flags.writeable else x
+        x = x.copy()  # never write into the simulator's own array
         x[bad] = np.nan
         status[bad] = NONFINITE
         messages.update(
@@ -514,10 +529,6 @@ def _checked(x: np.ndarray, status: np.ndarray, messages: dict[int, str]) -> tup
 
 def _torch_dtype() -> torch.dtype:
     return torch.get_default_dtype()
-
-
-def _dtype() -> type:
-    return np.float64 if torch.get_default_dtype() == torch.float64 else np.float32
 
 
 @contextlib.contextmanager
@@ -557,12 +568,16 @@ def _with_timeout(function: Callable, timeout: float | None):
             raise _Timeout
 
         previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        outer, interval = signal.setitimer(signal.ITIMER_REAL, timeout)
+        started = time.monotonic()
         try:
             return function()
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer > 0:  # a timer of the caller's: give back what is left of it
+                left = outer - (time.monotonic() - started)
+                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
     outcome: dict = {}
 
     def target():

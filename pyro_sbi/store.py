@@ -117,29 +117,29 @@ class SimulationStore:
         """
         zarr = _zarr()
         group = store if isinstance(store, zarr.Group) else zarr.open_group(str(store), mode="a")
-        where = str(store) if not isinstance(store, zarr.Group) else group.path or str(group.store)
+        where = _where(group)
         name, dim = simulator_id(simulator), theta.shape[-1]
         meta = group.attrs.get("pyro_sbi")
         if meta is None:
-            if len(group) or set(group.attrs) - {"source"}:
+            if set(group.keys()) - {"theta", "seed", "status"} or set(group.attrs) - {"source"}:
                 raise ValueError(f"{where} is not empty and is not a pyro_sbi simulation store")
             batch_size = batch_size or default_batch_size
             chunk_rows = batch_size * max(1, _ROWS_PER_CHUNK // batch_size)
             seed = int(torch.randint(2**62, ())) if seed is None else int(seed)
-            group.attrs["pyro_sbi"] = {
-                "format": FORMAT_VERSION, "simulator": name, "theta_dim": dim, "seed": seed,
-                "batch_size": batch_size, "chunk_rows": chunk_rows, "batched": batched,
-            }  # fmt: skip
             group.attrs["messages"] = {}
             for key, shape, dtype, fill in (
                 ("theta", (0, dim), "float64", math.nan),
                 ("seed", (0,), "int64", -1),
                 ("status", (0,), "int8", -1),
-            ):
+            ):  # arrays left by a run killed while creating the store are replaced
                 group.create_array(
                     key, shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=dtype,
-                    fill_value=fill,
+                    fill_value=fill, overwrite=True,
                 )  # fmt: skip
+            group.attrs["pyro_sbi"] = {  # written last: the store exists from here on
+                "format": FORMAT_VERSION, "simulator": name, "theta_dim": dim, "seed": seed,
+                "batch_size": batch_size, "chunk_rows": chunk_rows, "batched": batched,
+            }  # fmt: skip
         else:
             _check(meta, where, simulator=name, theta_dim=dim, seed=seed,
                    batch_size=batch_size, batched=batched)  # fmt: skip
@@ -153,7 +153,7 @@ class SimulationStore:
         meta = group.attrs.get("pyro_sbi")
         if meta is None:
             return None
-        where = group.path or str(group.store)
+        where = _where(group)
         _check(meta, where, simulator=simulator_id(simulator), theta_dim=theta_dim)
         return cls(group)
 
@@ -195,17 +195,16 @@ class SimulationStore:
         if "x" in self._arrays:
             x = torch.from_numpy(np.asarray(self._arrays["x"][:n]))
             x = x.to(torch.get_default_dtype())
-        messages = {
+        messages = {  # a message of a batch killed before its commit may linger
             int(row): message
             for row, message in self.group.attrs.get("messages", {}).items()
-            if int(row) < n
+            if int(row) < n and status[int(row)] > 0
         }
         return x, status, seed, messages
 
     def theta(self) -> Tensor:
-        """`(N, D)` the committed parameters, in torch's default dtype."""
-        theta = np.asarray(self._arrays["theta"][: len(self)])
-        return torch.from_numpy(theta).to(torch.get_default_dtype())
+        """`(N, D)` the committed parameters, as stored (float64)."""
+        return torch.from_numpy(np.asarray(self._arrays["theta"][: len(self)]))
 
     def plan(self, seed: Tensor) -> None:
         r"""Writes the seeds `(N,)` the missing rows will run with (before they run)."""
@@ -218,6 +217,7 @@ class SimulationStore:
         x: np.ndarray | None,
         status: np.ndarray,
         messages: dict[int, str],
+        seed: Tensor | None = None,
     ) -> None:
         r"""Commits one finished batch of rows `start:stop`.
 
@@ -227,6 +227,7 @@ class SimulationStore:
             x: `(stop - start, *x_shape)` outputs, or `None` when every row failed.
             status: `(stop - start,)` status codes.
             messages: failure messages by row within the batch.
+            seed: `(stop - start,)` seeds, when they differ from the planned ones.
         """
         group = self.group
         if x is not None:
@@ -236,6 +237,8 @@ class SimulationStore:
                     chunks=(self.chunk_rows, *x.shape[1:]),
                 )  # fmt: skip
             self._arrays["x"][start:stop] = x
+        if seed is not None:
+            self._arrays["seed"][start:stop] = seed.numpy()
         if messages:
             stored = dict(group.attrs.get("messages", {}))
             for row, message in messages.items():
@@ -266,3 +269,9 @@ def _check(meta: dict, where: str, *, simulator: str, theta_dim: int, **settings
             f"the simulation store {where} was made with " + "; ".join(problems) + ". Use "
             "another store path for a different simulation"
         )
+
+
+def _where(group) -> str:
+    """The store's location, and the group inside it, for messages."""
+    root = str(group.store).removeprefix("file://")
+    return f"{root}/{group.path}" if group.path else root

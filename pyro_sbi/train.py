@@ -20,6 +20,7 @@ from __future__ import annotations
 
 __all__ = ["SiteReport", "train"]
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -174,7 +175,6 @@ def train(
     thetas = _draw_theta(model, args, kwargs, collector, shares, proposal)
 
     root = _open_store(store) if store is not None else None
-    source = "prior" if proposal is None else "proposal"
     reports: dict[str, SiteReport] = {}
     for names in groups.values():
         estimator = collector.sites[names[0]].estimator
@@ -184,7 +184,8 @@ def train(
             theta = thetas[name]
             group, site_seed = None, None if seed is None else _site_seed(seed, name)
             if root is not None:
-                group, theta = _reuse(root, name, site, theta, source)
+                site_proposal = proposal.get(name) if isinstance(proposal, Mapping) else proposal
+                group, theta = _reuse(root, name, site, theta, _source(site_proposal))
                 if "pyro_sbi" in group.attrs:
                     site_seed = None  # the stored root seed goes on
             records.append(
@@ -243,6 +244,28 @@ def _site_seed(seed: int, name: str) -> int:
     return int((int(state[0]) << 31) ^ int(state[1]))
 
 
+def _source(proposal: Distribution | None) -> str:
+    """`"prior"`, or a fingerprint of the proposal: its classes and parameter values."""
+    if proposal is None:
+        return "prior"
+    digest = hashlib.sha1()
+    fn = proposal
+    while fn is not None:
+        digest.update(type(fn).__name__.encode())
+        for key in sorted(vars(fn)):
+            value = vars(fn)[key]
+            if isinstance(value, Tensor):
+                digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
+            elif isinstance(value, int | float | bool | tuple):
+                digest.update(f"{key}={value!r}".encode())
+        fn = getattr(fn, "base_dist", None)
+    return f"proposal {digest.hexdigest()[:16]}"
+
+
+def _describe(source: str) -> str:
+    return "the prior" if source == "prior" else f"another distribution ({source})"
+
+
 def _open_store(store):
     from pyro_sbi.store import _zarr
 
@@ -258,13 +281,14 @@ def _reuse(root, name: str, site: SimulatorDistribution, theta: Tensor, source: 
     previous = group.attrs.get("source")
     if stored is not None and previous is not None and previous != source:
         raise ValueError(
-            f"site {name!r}: the store {root.store} holds simulations drawn from the "
-            f"{previous}, not from the {source}; use another store path"
+            f"site {name!r}: the store {root.store} holds simulations drawn from "
+            f"{_describe(previous)}, not from {_describe(source)}; use another store path "
+            "for other draws"
         )
     group.attrs["source"] = source
     if stored is None or len(stored) == 0:
         return group, theta
-    kept = stored.theta()
+    kept = stored.theta().to(theta.dtype)  # exact: the stored values came from this dtype
     if len(kept) >= len(theta):
         return group, kept[: len(theta)]
     return group, torch.cat([kept, theta[len(kept) :]])

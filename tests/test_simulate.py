@@ -197,5 +197,48 @@ def test_nan_outputs_of_a_batched_simulator_fail_their_rows_only():
         x[::3] = float("inf")
         return x
 
-    out = simulate(holes, torch.ones(9, 2), seed=0, progress=False, max_failure_fraction=0.4)
+    out = simulate(holes, torch.ones(9, 2), batch_size=9, seed=0, progress=False)
     assert out.counts()["nonfinite"] == 3 and out.num_failed == 3
+
+
+def test_theta_given_to_a_simulator_that_modifies_it_is_a_copy():
+    def scribbler(theta):
+        theta += 1.0
+        return theta
+
+    theta = torch.zeros(4, 2)
+    out = simulate(scribbler, theta, progress=False)
+    assert torch.equal(theta, torch.zeros(4, 2)) and torch.equal(out.theta, theta)
+    assert torch.equal(out.x, torch.ones(4, 2))
+
+
+def test_a_timeout_keeps_the_callers_own_timer():
+    import signal
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        simulate(
+            simulators.noisy_one, torch.zeros(3, 1), batched=False, timeout=5.0, progress=False
+        )
+        assert 0.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 1.0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_all_simulations_failing_is_an_error_even_when_allowed():
+    def broken(theta):
+        raise OSError("no licence for the solver")
+
+    with pytest.raises(SimulationError, match="(?s)all 5 simulations of broken failed.*licence"):
+        simulate(broken, torch.zeros(5, 1), max_failure_fraction=1.0, progress=False)
+
+
+def test_seeded_defaults_agree_in_process_and_on_a_pool():
+    theta = torch.randn(300, 2)
+    local = simulate(simulators.noisy, theta, seed=2, progress=False)
+    with ProcessPoolExecutor(2) as pool:
+        remote = simulate(simulators.noisy, theta, seed=2, executor=pool, progress=False)
+    assert torch.equal(local.x, remote.x)

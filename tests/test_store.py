@@ -139,3 +139,12 @@ def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
         torch.as_tensor(group["theta"][:]).to(theta.dtype), theta
     )
     assert (group["status"][:] == 0).all() and group["x"].shape == (n, 2)
+
+
+def test_a_store_killed_while_being_created_is_started_again(tmp_path):
+    group = zarr.open_group(str(tmp_path / "s"), mode="w")
+    group.create_array("theta", shape=(0, 2), dtype="f8")  # arrays, but no commit yet
+    out = simulate(
+        simulators.noisy, torch.zeros(6, 2), seed=0, store=tmp_path / "s", progress=False
+    )
+    assert out.num_failed == 0 and len(SimulationStore(zarr.open_group(str(tmp_path / "s")))) == 6

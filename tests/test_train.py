@@ -194,10 +194,25 @@ def test_a_store_is_reused_across_calls(tmp_path):
 
 def test_a_store_drawn_from_the_prior_is_not_reused_for_a_proposal(tmp_path):
     model = hierarchical(Counter(), NLE(zuko.flows.MAF))
-    train(model, num_simulations=20, store=tmp_path, progress=False, fit_options=FAST)
+    train(model, num_simulations=20, store=tmp_path / "a", progress=False, fit_options=FAST)
     proposal = dist.Normal(torch.zeros(2), 1.0).to_event(1)
-    with pytest.raises(ValueError, match="drawn from the prior, not from the proposal"):
-        train(model, num_simulations=20, proposal=proposal, store=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="drawn from the prior, not from another distribution"):
+        train(model, num_simulations=20, proposal=proposal, store=tmp_path / "a", progress=False)
+    options = dict(num_simulations=20, store=tmp_path / "b", progress=False, fit_options=FAST)
+    train(model, proposal=proposal, **options)
+    train(model, proposal=dist.Normal(torch.zeros(2), 1.0).to_event(1), **options)  # the same
+    moved = dist.Normal(torch.full((2,), 5.0), 1.0).to_event(1)
+    with pytest.raises(ValueError, match="drawn from another distribution"):
+        train(model, proposal=moved, **options)
+
+
+def test_float64_proposal_draws_are_reused_exactly(tmp_path):
+    proposal = dist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1)
+    model = hierarchical(Counter(), NLE(zuko.flows.MAF))
+    options = dict(num_simulations=30, proposal=proposal, store=tmp_path, progress=False)
+    first = train(model, **options, fit_options=FAST)["x"]
+    again = train(model, **options, fit_options=FAST)["x"]
+    assert torch.equal(first.theta, again.theta)
 
 
 def test_model_without_simulator_site_is_refused():
