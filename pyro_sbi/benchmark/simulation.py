@@ -7,7 +7,8 @@ a markdown table:
   the simulator directly on the same `theta` (throughput ratio, median of repeats);
 - speed-up: a one-at-a-time simulator that computes for about 20 ms per `theta`, in
   this process, on a `ProcessPoolExecutor(2)` and on a Dask `LocalCluster` of two
-  single-threaded worker processes (when `distributed` is installed);
+  single-threaded worker processes (when `distributed` is installed), with the default
+  batches (a hundredth of the parameters) and with 10 parameters per task;
 - store: the same runs writing a zarr store, as a fraction of the simulation time.
 """
 
@@ -48,41 +49,47 @@ _STEPS = int(os.environ.get("PYRO_SBI_BUSY_STEPS", "0")) or None
 
 
 def _calibrate(seconds: float) -> int:
-    """Iterations of :func:`busy` taking about `seconds`."""
+    """Iterations of :func:`busy` taking about `seconds` (median of repeated timings)."""
     steps = 100_000
-    start = time.perf_counter()
-    busy(torch.zeros(2), steps)
-    per_step = (time.perf_counter() - start) / steps
-    return max(1, int(seconds / per_step))
+    for _ in range(3):  # refine: the first timings can run at another clock speed
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            busy(torch.zeros(2), steps)
+            times.append(time.perf_counter() - start)
+        steps = max(1, int(steps * seconds / statistics.median(times)))
+    return steps
 
 
-def _median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median_seconds(functions: dict, repeats: int) -> dict[str, float]:
+    """Median wall time of each function, the functions run in turn to share any drift."""
+    times = {name: [] for name in functions}
+    for repeat in range(repeats + 1):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            if repeat:  # the first round warms up
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def overhead(simulator, theta: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:
     """`(case, seconds, ratio of throughputs)` for `simulate` against direct calls."""
     n = len(theta)
-    direct = _median_seconds(lambda: simulator(theta), repeats)
-    rows = [("direct call", direct, 1.0)]
     cases = {
         "simulate": {},
-        "simulate, seed": {"seed": 0},
+        "simulate, seed (100 batches by default)": {"seed": 0},
         f"simulate, seed, {n // 10:,} per batch": {"seed": 0, "batch_size": n // 10},
+        f"simulate, seed, {n:,} per batch": {"seed": 0, "batch_size": n},
     }
+    functions = {"direct call": lambda: simulator(theta)}
     for case, options in cases.items():
-        seconds = _median_seconds(
-            lambda options=options: simulate(simulator, theta, progress=False, **options),
-            repeats,
+        functions[case] = lambda options=options: simulate(
+            simulator, theta, progress=False, **options
         )
-        rows.append((case, seconds, direct / seconds))
-    return rows
+    seconds = _median_seconds(functions, repeats)
+    direct = seconds["direct call"]
+    return [(case, value, direct / value) for case, value in seconds.items()]
 
 
 def speedup(n: int, store_folder: str) -> list[tuple[str, float, float]]:
@@ -101,10 +108,14 @@ def speedup(n: int, store_folder: str) -> list[tuple[str, float, float]]:
 
     with ProcessPoolExecutor(2) as pool:
         simulate(busy, theta[:4], executor=pool, **options)  # start the workers
-        for label, store in (("process pool (2)", None), ("process pool (2) + store", "pool")):
+        for label, store, batch in (
+            ("process pool (2)", None, None),
+            ("process pool (2), 10 per batch", None, 10),
+            ("process pool (2) + store", "pool", None),
+        ):
             start = time.perf_counter()
             path = None if store is None else f"{store_folder}/{store}"
-            simulate(busy, theta, executor=pool, store=path, **options)
+            simulate(busy, theta, executor=pool, store=path, batch_size=batch, **options)
             seconds = time.perf_counter() - start
             rows.append((label, seconds, base / seconds))
 
@@ -118,10 +129,14 @@ def speedup(n: int, store_folder: str) -> list[tuple[str, float, float]]:
     with cluster, Client(cluster) as client:
         executor = client.get_executor()
         simulate(busy, theta[:4], executor=executor, **options)
-        start = time.perf_counter()
-        simulate(busy, theta, executor=executor, **options)
-        seconds = time.perf_counter() - start
-        rows.append(("Dask LocalCluster (2 processes)", seconds, base / seconds))
+        for label, batch in (
+            ("Dask LocalCluster (2 processes)", None),
+            ("Dask LocalCluster (2 processes), 10 per batch", 10),
+        ):
+            start = time.perf_counter()
+            simulate(busy, theta, executor=executor, batch_size=batch, **options)
+            seconds = time.perf_counter() - start
+            rows.append((label, seconds, base / seconds))
     return rows
 
 
@@ -168,10 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     store = {label: seconds for label, seconds, _ in rows}
     cost = store["in-process + store"] / store["in-process"] - 1
     cost_pool = store["process pool (2) + store"] / store["process pool (2)"] - 1
+    commits = math.ceil(n_busy / math.ceil(n_busy / 100))
+    per_commit = (store["in-process + store"] - store["in-process"]) / commits
     print(
-        f"\nStore: writing it costs {cost:+.1%} of the in-process simulation time and "
-        f"{cost_pool:+.1%} on the process pool (batches of {math.ceil(n_busy / 100)} and "
-        f"{math.ceil(n_busy / 8)} parameters)."
+        f"\nStore: {commits} commits (batches of {math.ceil(n_busy / 100)} parameters) cost "
+        f"{cost:+.1%} of the in-process simulation time ({per_commit * 1e3:.1f} ms per "
+        f"commit) and {cost_pool:+.1%} on the process pool."
     )
 
 
