@@ -142,3 +142,16 @@ def test_sbc_with_nuts_on_a_learned_likelihood():
 def test_sbc_needs_data_sites():
     with pytest.raises(ValueError, match="observed="):
         sbc(conjugate_model, num_datasets=2, inference=exact_posterior(), progress=False)
+
+
+def test_plots_of_samples_and_training():
+    from pyro_sbi.plot import pair_plot, plot_history
+
+    figure = pair_plot(torch.randn(300, 3), torch.randn(300, 3), truth=torch.zeros(3))
+    assert len(figure.axes) == 9
+    estimator = NLE(zuko.flows.MAF)
+    histories = [estimator.fit(torch.randn(200, 1), torch.randn(200, 1), max_epochs=3,
+                               progress=False) for _ in range(2)]  # fmt: skip
+    assert len(plot_history(histories).axes[0].lines) == 4
+    with pytest.raises(ValueError, match=r"\(n, D\)"):
+        pair_plot(torch.randn(10))

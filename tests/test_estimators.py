@@ -129,6 +129,9 @@ def test_save_load_round_trip(trained, tmp_path):
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
     assert clone.x_shape == estimator.x_shape and clone.trained
     assert not any(p.requires_grad for p in clone.parameters())
+    far = torch.cat([0.5 * theta, theta + 100.0])  # the training region travels along
+    assert torch.equal(clone.outside(far), estimator.outside(far))
+    assert estimator.outside(far).tolist() == [False] * 7 + [True] * 7
 
 
 class Payload:

@@ -36,29 +36,57 @@ def linear_model():
     train(model, num_simulations=20_000, seed=0, progress=False)
     torch.manual_seed(123)
     x_o = linear_gaussian(torch.tensor([0.6, -0.9]).expand(TRIALS, 2))
-    return model, x_o
+    return model, x_o, learned_posterior(likelihood, x_o)
+
+
+def learned_posterior(likelihood, x_o):
+    """Mean and sd of the posterior under the learned likelihood, on a fine grid (exact)."""
+    grid = torch.linspace(-3.0, 3.0, 301)
+    theta = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    with torch.no_grad():
+        log_p = likelihood.log_prob(x_o[:, None], theta).sum(0)
+    log_p = log_p + dist.Normal(0.0, 1.0).log_prob(theta).sum(-1)
+    weights = (log_p - log_p.max()).exp()
+    weights = weights / weights.sum()
+    mean = (weights[:, None] * theta).sum(0)
+    return mean, (weights[:, None] * (theta - mean) ** 2).sum(0).sqrt()
+
+
+# How far a likelihood learned from 20,000 simulations puts this 10-trial posterior from
+# the closed form depends on the training draw: the largest error of the posterior mean,
+# in posterior sds, measured over training seeds 0..5 was 0.37, 0.15, 0.12, 0.16, 0.10,
+# 0.11 (sd errors at most 0.08). The samplers are held to the exact posterior of the
+# learned likelihood tightly, and the learned posterior to the closed form within that
+# measured scatter.
+LEARNED_MEAN_ERROR, LEARNED_SD_ERROR = 0.4, 0.1
 
 
 @pytest.mark.slow
-def test_nuts_matches_closed_form(linear_model):
-    model, x_o = linear_model
+def test_learned_posterior_is_close_to_the_closed_form(linear_model):
+    _, x_o, (mean, sd) = linear_model
+    true_mean, true_sd = closed_form(x_o)
+    assert ((mean - true_mean).abs() / true_sd).max() < LEARNED_MEAN_ERROR
+    assert ((sd / true_sd - 1).abs()).max() < LEARNED_SD_ERROR
+
+
+@pytest.mark.slow
+def test_nuts_matches_the_learned_posterior(linear_model):
+    model, x_o, (mean, sd) = linear_model
     mcmc = MCMC(NUTS(model), num_samples=2000, warmup_steps=500, disable_progbar=True)
     mcmc.run(x_o)
     samples = mcmc.get_samples()["theta"]
-    mean, sd = closed_form(x_o)
     assert ((samples.mean(0) - mean).abs() / sd).max() < 0.15
     assert ((samples.std(0) / sd - 1).abs()).max() < 0.15
 
 
 @pytest.mark.slow
-def test_svi_autonormal_matches_closed_form(linear_model):
-    model, x_o = linear_model
+def test_svi_autonormal_matches_the_learned_posterior(linear_model):
+    model, x_o, (mean, sd) = linear_model
     guide = AutoNormal(model)
     optim = pyro.optim.ClippedAdam({"lr": 0.02, "lrd": 0.999})
     svi = SVI(model, guide, optim, Trace_ELBO(num_particles=4))
     for _ in range(1500):
         svi.step(x_o)
-    mean, sd = closed_form(x_o)
     loc = pyro.param("AutoNormal.locs.theta").detach()
     assert ((loc - mean).abs() / sd).max() < 0.25
 
