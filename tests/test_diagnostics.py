@@ -131,7 +131,9 @@ def test_sbc_with_nuts_on_a_learned_likelihood():
     train(simulator_model, num_simulations=5000, seed=0, progress=False)
     theta = torch.randn(5000, 1)
     biased.fit(theta, simulator(theta) + 0.5, seed=0, progress=False)  # learned on shifted x
-    options = dict(num_datasets=100, num_draws=100, warmup_steps=150, seed=0, progress=False)
+    options = dict(
+        num_datasets=100, num_draws=100, warmup_steps=100, thin=1, seed=0, progress=False
+    )
     with ProcessPoolExecutor(2) as pool:  # forked after training: workers hold the estimators
         good = sbc(simulator_model, executor=pool, **options)
         bad = sbc(biased_model, executor=pool, **options)
