@@ -2,6 +2,13 @@ r"""Standard simulation-based inference tasks, one module per task.
 
 Each task gives a simulator, a prior and, where it exists, the exact likelihood as a Pyro
 distribution, so that reference posteriors can be computed without a learned surrogate.
+The benchmark tasks of sbibm (Lueckmann et al. 2021) also give the ten sbibm
+observations (`observation(i)`, `true_parameters(i)`) and `reference_posterior(i, n)`,
+computed independently of any learned estimator and cached in `~/.cache/pyro_sbi` (or
+`$PYRO_SBI_CACHE`):
+
+- :mod:`~pyro_sbi.tasks.gaussian_linear`: 10-D, closed form;
+- :mod:`~pyro_sbi.tasks.two_moons`: bimodal crescent, exact sampling by inversion.
 """
 
 from __future__ import annotations
@@ -9,10 +16,12 @@ from __future__ import annotations
 __all__ = [
     "DriftDiffusion",
     "ddm",
+    "gaussian_linear",
     "ddm_log_prob",
     "ddm_upper_prob",
     "simulate_ddm",
+    "two_moons",
 ]
 
-from pyro_sbi.tasks import ddm
+from pyro_sbi.tasks import ddm, gaussian_linear, two_moons
 from pyro_sbi.tasks.ddm import DriftDiffusion, ddm_log_prob, ddm_upper_prob, simulate_ddm

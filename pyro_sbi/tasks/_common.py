@@ -1,0 +1,49 @@
+"""Shared pieces of the benchmark tasks: the sbibm observations and a disk cache."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_DATA = Path(__file__).with_name("observations.json")
+
+
+@functools.cache
+def _table() -> dict:
+    return json.loads(_DATA.read_text())
+
+
+def observations(task: str, i: int) -> tuple[Tensor, Tensor]:
+    """Observation `i` (1 to 10) of the sbibm benchmark and its true parameters."""
+    rows = _table()[task]
+    if not 1 <= i <= len(rows["observations"]):
+        raise ValueError(f"{task} has observations 1 to {len(rows['observations'])}; got {i}")
+    dtype = torch.get_default_dtype()
+    return (
+        torch.tensor(rows["observations"][i - 1], dtype=dtype),
+        torch.tensor(rows["true_parameters"][i - 1], dtype=dtype),
+    )
+
+
+def cache_folder() -> Path:
+    """`$PYRO_SBI_CACHE`, or `~/.cache/pyro_sbi`."""
+    return Path(os.environ.get("PYRO_SBI_CACHE", Path.home() / ".cache" / "pyro_sbi"))
+
+
+def cached_reference(task: str, i: int, num_samples: int, compute: Callable[[], Tensor]) -> Tensor:
+    """Reference posterior draws, computed once and kept in the cache folder."""
+    path = cache_folder() / task / f"reference_{i}_{num_samples}.pt"
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    samples = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".partial")
+    torch.save(samples, temporary)
+    temporary.replace(path)  # never a half-written file under the final name
+    return samples

@@ -1,0 +1,88 @@
+r"""Gaussian linear: a 10-D Gaussian posterior known in closed form (sbibm).
+
+Prior :math:`\theta \sim \mathcal{N}(0, 0.1\, I_{10})`, simulator
+:math:`x \mid \theta \sim \mathcal{N}(\theta, 0.1\, I_{10})`. For :math:`m` i.i.d.
+observations :math:`x_1, \dots, x_m` the posterior is Gaussian with precision
+:math:`(1 + m) / 0.1` per coordinate and mean :math:`\sum_j x_j / (1 + m)`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DIM",
+    "NAME",
+    "model",
+    "observation",
+    "posterior",
+    "prior",
+    "reference_posterior",
+    "simulator",
+    "true_parameters",
+]
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from pyro_sbi.tasks._common import cached_reference, observations
+
+NAME, DIM, VARIANCE = "gaussian_linear", 10, 0.1
+
+
+def prior() -> dist.Distribution:
+    r"""`N(0, 0.1 I)`, event shape `(10,)`."""
+    return dist.Normal(torch.zeros(DIM), math.sqrt(VARIANCE)).to_event(1)
+
+
+def simulator(theta: Tensor) -> Tensor:
+    """`theta (n, 10) -> x (n, 10)`.
+
+    Example:
+        >>> simulator(torch.zeros(3, 10)).shape
+        torch.Size([3, 10])
+    """
+    return theta + math.sqrt(VARIANCE) * torch.randn_like(theta)
+
+
+def posterior(x: Tensor) -> dist.Distribution:
+    r"""The exact posterior given `x (m, 10)` i.i.d. observations (or one `x (10,)`)."""
+    x = x.reshape(-1, DIM)
+    m = len(x)
+    return dist.Normal(x.sum(0) / (1 + m), math.sqrt(VARIANCE / (1 + m))).to_event(1)
+
+
+def model(estimator, x: Tensor | None = None, trials: int | None = None) -> Tensor:
+    """The task as a Pyro model, with a plate of `trials` i.i.d. observations if given."""
+    from pyro_sbi import SimulatorDistribution
+
+    theta = pyro.sample("theta", prior())
+    site = SimulatorDistribution(simulator, theta, estimator, x_shape=(DIM,))
+    if trials is None:
+        return pyro.sample("x", site, obs=x)
+    with pyro.plate("trials", trials):
+        return pyro.sample("x", site, obs=x)
+
+
+def observation(i: int) -> Tensor:
+    """The sbibm observation `i` (1 to 10), shape `(10,)`."""
+    return observations(NAME, i)[0]
+
+
+def true_parameters(i: int) -> Tensor:
+    """The parameters that generated observation `i`, shape `(10,)`."""
+    return observations(NAME, i)[1]
+
+
+def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
+    """`(num_samples, 10)` draws of the closed-form posterior of observation `i` (cached)."""
+    generator_seed = 1000 + i
+
+    def compute() -> Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)
+            return posterior(observation(i)).sample((num_samples,))
+
+    return cached_reference(NAME, i, num_samples, compute)

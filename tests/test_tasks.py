@@ -1,0 +1,96 @@
+"""The benchmark tasks and their reference posteriors."""
+
+import math
+
+import pytest
+import torch
+
+from pyro_sbi import c2st
+from pyro_sbi.tasks import gaussian_linear, two_moons
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYRO_SBI_CACHE", str(tmp_path))
+
+
+def test_two_moons_likelihood_is_a_normalised_density():
+    theta = torch.tensor([0.3, -0.5])
+    grid = torch.linspace(-1.5, 1.5, 1201)
+    x = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2)
+    mass = two_moons.log_likelihood(x, theta).exp().sum() * (grid[1] - grid[0]) ** 2
+    assert abs(float(mass) - 1.0) < 0.01
+
+
+def test_two_moons_simulator_follows_the_likelihood():
+    theta = torch.tensor([[0.3, -0.5]])
+    x = two_moons.simulator(theta.expand(20000, 2))
+    assert torch.isfinite(two_moons.log_likelihood(x, theta)).all()
+    far = x + torch.tensor([0.0, 0.5])
+    assert (two_moons.log_likelihood(far, theta) < -50).all()
+
+
+def rejection(x, n, seed=0):
+    """Exact posterior draws by rejection from the prior, independent of the inversion."""
+    generator = torch.Generator().manual_seed(seed)
+    bound = math.log(1 / (math.sqrt(2 * math.pi) * 0.01) / (math.pi * 0.05))  # r >= 0.05
+    kept = []
+    while sum(map(len, kept)) < n:
+        theta = 2 * torch.rand(200_000, 2, generator=generator) - 1
+        log_p = two_moons.log_likelihood(x, theta)
+        accept = torch.rand(200_000, generator=generator).log() < log_p - bound
+        kept.append(theta[accept])
+    return torch.cat(kept)[:n]
+
+
+def test_two_moons_reference_matches_rejection_sampling():
+    torch.manual_seed(0)
+    x = two_moons.simulator(torch.tensor([[0.2, 0.4]]))[0]
+    reference = two_moons.sample_posterior(x, 2000, seed=1)
+    exact = rejection(x, 2000)
+    assert reference.shape == (2000, 2) and (reference.abs() <= 1).all()
+    assert c2st(exact, reference) < 0.56
+    # two modes, one per sign of theta_1 + theta_2, in equal proportions here
+    share = float((reference.sum(-1) > 0).float().mean())
+    assert abs(share - 0.5) < 0.05
+
+
+def test_gaussian_linear_reference_has_the_closed_form_moments():
+    x = gaussian_linear.observation(1)
+    samples = gaussian_linear.reference_posterior(1, 20_000)
+    assert samples.shape == (20_000, 10)
+    assert torch.allclose(samples.mean(0), x / 2, atol=4 * math.sqrt(0.05 / 20_000))
+    assert torch.allclose(samples.var(0), torch.full((10,), 0.05), rtol=0.05)
+    again = gaussian_linear.reference_posterior(1, 20_000)  # from the cache
+    assert torch.equal(samples, again)
+
+
+def test_gaussian_linear_posterior_with_trials():
+    theta = torch.zeros(10)
+    x = gaussian_linear.simulator(theta.expand(9, 10))
+    posterior = gaussian_linear.posterior(x)
+    assert torch.allclose(posterior.mean, x.sum(0) / 10)
+    assert torch.allclose(posterior.variance, torch.full((10,), 0.01))
+
+
+@pytest.mark.parametrize("task", [two_moons, gaussian_linear])
+def test_observations_and_true_parameters(task):
+    for i in (1, 10):
+        x, theta = task.observation(i), task.true_parameters(i)
+        assert x.shape == theta.shape and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="observations 1 to 10"):
+        task.observation(11)
+
+
+def test_two_moons_observations_are_explained_by_their_true_parameters():
+    for i in range(1, 11):
+        x, theta = two_moons.observation(i), two_moons.true_parameters(i)
+        assert torch.isfinite(two_moons.log_likelihood(x, theta))
+
+
+def test_gaussian_linear_observations_are_plausible_under_their_parameters():
+    residuals = torch.stack(
+        [gaussian_linear.observation(i) - gaussian_linear.true_parameters(i) for i in range(1, 11)]
+    )
+    chi2 = float((residuals**2).sum() / 0.1)  # chi-square with 100 degrees of freedom
+    assert 60 < chi2 < 150
