@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_sbi import c2st
-from pyro_sbi.tasks import gaussian_linear, two_moons
+from pyro_sbi.tasks import gaussian_linear, gaussian_mixture, two_moons
 
 
 @pytest.fixture(autouse=True)
@@ -94,3 +94,30 @@ def test_gaussian_linear_observations_are_plausible_under_their_parameters():
     )
     chi2 = float((residuals**2).sum() / 0.1)  # chi-square with 100 degrees of freedom
     assert 60 < chi2 < 150
+
+
+def test_gaussian_mixture_reference_matches_the_exact_posterior():
+    assert (gaussian_mixture.reference_posterior(1, 1000).abs() <= 10).all()  # x near the edge
+    x = torch.tensor([2.0, -3.0])  # far from the edges of the prior: no truncation
+    samples = gaussian_mixture.sample_posterior(x, 20_000)
+    # the narrow component holds half of the mass within 0.3 of x, the broad one little
+    near = float(((samples - x).norm(dim=-1) < 0.3).float().mean())
+    expected = 0.5 * (1 - math.exp(-(0.3**2) / (2 * 0.01))) + 0.5 * (1 - math.exp(-(0.3**2) / 2))
+    assert abs(near - expected) < 0.015
+    simulated = gaussian_mixture.simulator(x.expand(20_000, 2))  # the likelihood is symmetric
+    assert c2st(samples[:2000], simulated[:2000]) < 0.56
+
+
+def test_gaussian_mixture_likelihood_and_observations():
+    theta = torch.tensor([1.0, -2.0])
+    grid = torch.linspace(-5, 5, 1001)
+    x = torch.stack(torch.meshgrid(grid, grid, indexing="ij"), -1).reshape(-1, 2) + theta
+    mass = gaussian_mixture.log_likelihood(x, theta).exp().sum() * (grid[1] - grid[0]) ** 2
+    assert abs(float(mass) - 1.0) < 0.01
+    distances = torch.stack(
+        [
+            gaussian_mixture.observation(i) - gaussian_mixture.true_parameters(i)
+            for i in range(1, 11)
+        ]
+    ).norm(dim=-1)
+    assert (distances < 5).all()

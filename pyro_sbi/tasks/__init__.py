@@ -8,7 +8,8 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
 `$PYRO_SBI_CACHE`):
 
 - :mod:`~pyro_sbi.tasks.gaussian_linear`: 10-D, closed form;
-- :mod:`~pyro_sbi.tasks.two_moons`: bimodal crescent, exact sampling by inversion.
+- :mod:`~pyro_sbi.tasks.two_moons`: bimodal crescent, exact sampling by inversion;
+- :mod:`~pyro_sbi.tasks.gaussian_mixture`: narrow and broad components, exact.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ __all__ = [
     "DriftDiffusion",
     "ddm",
     "gaussian_linear",
+    "gaussian_mixture",
     "ddm_log_prob",
     "ddm_upper_prob",
     "simulate_ddm",
     "two_moons",
 ]
 
-from pyro_sbi.tasks import ddm, gaussian_linear, two_moons
+from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, two_moons
 from pyro_sbi.tasks.ddm import DriftDiffusion, ddm_log_prob, ddm_upper_prob, simulate_ddm
