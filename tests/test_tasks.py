@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_sbi import c2st
-from pyro_sbi.tasks import gaussian_linear, gaussian_mixture, two_moons
+from pyro_sbi.tasks import gaussian_linear, gaussian_mixture, slcp, two_moons
 
 
 @pytest.fixture(autouse=True)
@@ -121,3 +121,36 @@ def test_gaussian_mixture_likelihood_and_observations():
         ]
     ).norm(dim=-1)
     assert (distances < 5).all()
+
+
+def test_slcp_likelihood_matches_its_simulator():
+    theta = slcp.true_parameters(1)
+    x = slcp.simulator(theta.expand(20_000, 5))
+    points = x.reshape(-1, 2)
+    s1, s2 = theta[2] ** 2, theta[3] ** 2
+    assert torch.allclose(points.mean(0), theta[:2], atol=4 * max(s1, s2) / math.sqrt(80_000))
+    assert torch.allclose(points.std(0), torch.stack([s1, s2]), rtol=0.02)
+    assert torch.isfinite(slcp.log_likelihood(slcp.observation(1), theta))
+    for i in range(1, 11):  # every observation is plausible under its true parameters
+        assert slcp.log_likelihood(slcp.observation(i), slcp.true_parameters(i)) > -60
+
+
+@pytest.mark.slow
+def test_slcp_reference_has_four_equal_modes_and_the_importance_moments():
+    x = slcp.observation(1)
+    reference = slcp.sample_posterior(x, 600, chains=2, warmup_steps=150, seed=0)
+    signs = (reference[:, 2:4] > 0).long()
+    shares = torch.bincount(2 * signs[:, 0] + signs[:, 1], minlength=4).float() / 600
+    assert (shares - 0.25).abs().max() < 0.06
+    # importance sampling from the prior, folded onto theta_3, theta_4 > 0
+    torch.manual_seed(0)
+    folded = reference.clone()
+    folded[:, 2:4] = folded[:, 2:4].abs()
+    proposals = slcp.prior().sample((5_000_000,))
+    proposals[:, 2:4] = proposals[:, 2:4].abs()
+    log_w = torch.cat([slcp.log_likelihood(x, part) for part in proposals.split(250_000)])
+    w = torch.softmax(log_w, 0)[:, None]
+    mean = (w * proposals).sum(0)
+    sd = (w * (proposals - mean) ** 2).sum(0).sqrt()
+    assert ((folded.mean(0) - mean).abs() / sd).max() < 0.2
+    assert ((folded.std(0) / sd - 1).abs()).max() < 0.2

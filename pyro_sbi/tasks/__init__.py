@@ -9,7 +9,9 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
 
 - :mod:`~pyro_sbi.tasks.gaussian_linear`: 10-D, closed form;
 - :mod:`~pyro_sbi.tasks.two_moons`: bimodal crescent, exact sampling by inversion;
-- :mod:`~pyro_sbi.tasks.gaussian_mixture`: narrow and broad components, exact.
+- :mod:`~pyro_sbi.tasks.gaussian_mixture`: narrow and broad components, exact;
+- :mod:`~pyro_sbi.tasks.slcp`: four symmetric modes, NUTS on the exact likelihood in one
+  mode and the symmetry for the others.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ __all__ = [
     "ddm_log_prob",
     "ddm_upper_prob",
     "simulate_ddm",
+    "slcp",
     "two_moons",
 ]
 
-from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, two_moons
+from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, slcp, two_moons
 from pyro_sbi.tasks.ddm import DriftDiffusion, ddm_log_prob, ddm_upper_prob, simulate_ddm
