@@ -47,3 +47,13 @@ def cached_reference(task: str, i: int, num_samples: int, compute: Callable[[], 
     torch.save(samples, temporary)
     temporary.replace(path)  # never a half-written file under the final name
     return samples
+
+
+def simulator_model(prior, simulator: Callable, estimator, x: Tensor | None) -> Tensor:
+    """`theta` from `prior`, then `x` from a simulator site with `estimator` (one draw)."""
+    import pyro
+
+    from pyro_sbi import SimulatorDistribution
+
+    theta = pyro.sample("theta", prior)
+    return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)

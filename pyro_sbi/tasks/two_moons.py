@@ -42,12 +42,11 @@ __all__ = [
 
 import math
 
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, observations
+from pyro_sbi.tasks._common import cached_reference, observations, simulator_model
 
 NAME = "two_moons"
 _RADIUS, _RADIUS_SD, _OFFSET = 0.1, 0.01, 0.25
@@ -90,10 +89,7 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
 
 def model(estimator, x: Tensor | None = None) -> Tensor:
     """The task as a Pyro model: `theta` from the prior, `x (2,)` from the simulator site."""
-    from pyro_sbi import SimulatorDistribution
-
-    theta = pyro.sample("theta", prior())
-    return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)
+    return simulator_model(prior(), simulator, estimator, x)
 
 
 def observation(i: int) -> Tensor:
