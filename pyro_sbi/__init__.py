@@ -20,10 +20,12 @@ __all__ = [
     "Simulations",
     "SimulatorDistribution",
     "SiteReport",
+    "SliceMCMC",
     "UntrainedEstimatorError",
     "__version__",
     "c2st",
     "fit",
+    "init_to_sir",
     "simulate",
     "to_inference_data",
     "train",
@@ -40,6 +42,7 @@ from pyro_sbi.diagnostics import c2st  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.fit import History, fit  # noqa: E402
+from pyro_sbi.infer import SliceMCMC, init_to_sir  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402

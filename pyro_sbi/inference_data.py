@@ -41,12 +41,13 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_sbi.distribution import SimulatorDistribution
+from pyro_sbi.infer import SliceMCMC
 
 _DRAWS = "_pyro_sbi_draws"
 
 
 def to_inference_data(
-    posterior: MCMC | Mapping[str, Tensor],
+    posterior: MCMC | SliceMCMC | Mapping[str, Tensor],
     model: Callable,
     *args,
     prior: int = 0,
@@ -59,9 +60,9 @@ def to_inference_data(
     r"""Builds an ArviZ `InferenceData` from posterior draws of `model(*args, **kwargs)`.
 
     Arguments:
-        posterior: a finished :class:`pyro.infer.MCMC` run, or a mapping from latent
-            site names to draws `(num_draws, *site_shape)` (one chain, e.g. from SVI and
-            `Predictive`).
+        posterior: a finished :class:`pyro.infer.MCMC` or :class:`~pyro_sbi.SliceMCMC`
+            run, or a mapping from latent site names to draws `(num_draws,
+            *site_shape)` (one chain, e.g. from SVI and `Predictive`).
         model: the Pyro model.
         args: the model's positional arguments as given to inference (observations
             included).
@@ -137,7 +138,7 @@ def to_inference_data(
         },
     }
     sample_stats = {name: value for name, value in stats.items()}
-    if isinstance(posterior, MCMC):
+    if isinstance(posterior, MCMC | SliceMCMC):
         sample_stats["lp"] = grouped(lp)
     if sample_stats:
         groups["sample_stats"] = sample_stats
@@ -186,6 +187,8 @@ def _from_dict(az, groups: dict, coords: dict, dims: dict):
 
 def _posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
     """Draws `(chains, draws, *shape)` per latent site and the sample stats of a run."""
+    if isinstance(posterior, SliceMCMC):
+        return dict(posterior.get_samples(group_by_chain=True)), {}
     if isinstance(posterior, MCMC):
         samples = posterior.get_samples(group_by_chain=True)
         chains, draws = next(iter(samples.values())).shape[:2]

@@ -1,0 +1,271 @@
+r"""Accuracy and time on the standard tasks, optionally side by side with `sbi`.
+
+``python -m pyro_sbi.benchmark --tasks two_moons slcp --methods nle nre
+--num-simulations 1000 10000 --observations 1 2 3 [--compare sbi] [--json out.json]``
+
+For each task and budget it simulates once from the prior (a fixed seed per task and
+budget). For each method it trains the estimator once on those simulations (NLE and
+NRE are amortised: one training serves every observation), then for each observation
+draws 10,000 posterior samples of the task's Pyro model with :class:`~pyro_sbi.infer.
+SliceMCMC` (100 chains × 100 draws after 100 warm-up sweeps, SIR initialisation) and
+scores them by C2ST against the task's reference posterior (0.5 is perfect).
+
+With ``--compare sbi`` it runs `sbi`'s ``NLE`` / ``NRE`` (NRE-B, as ours) with their
+default settings on the **same** simulations, in the same process, and samples with
+sbi's default MCMC (vectorised slice sampling, 20 chains, SIR initialisation, 200
+warm-up steps); the same C2ST scores both. The table adds sbi's C2ST and seconds and
+the ratio of our training + sampling time to sbi's.
+
+Both libraries run with the same number of torch threads (``--threads``, 1 by
+default; with more, set ``OMP_WAIT_POLICY=PASSIVE`` before starting Python, or
+OpenMP spin-waiting on a busy machine distorts every figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture")
+METHODS = ("nle", "nre")
+NUM_POSTERIOR = 10_000
+
+
+@dataclass
+class Row:
+    """One task, method, budget and observation: C2ST and seconds, ours and sbi's."""
+
+    task: str
+    method: str
+    budget: int
+    observation: int
+    c2st: float
+    simulate_s: float
+    train_s: float
+    sample_s: float
+    sbi_c2st: float | None = None
+    sbi_train_s: float | None = None
+    sbi_sample_s: float | None = None
+
+    @property
+    def time_ratio(self) -> float | None:
+        """(train + sample) / sbi's (train + sample)."""
+        if self.sbi_train_s is None:
+            return None
+        return (self.train_s + self.sample_s) / (self.sbi_train_s + self.sbi_sample_s)
+
+
+def _task(name: str):
+    import importlib
+
+    return importlib.import_module(f"pyro_sbi.tasks.{name}")
+
+
+def _estimator(method: str):
+    from pyro_sbi import NLE, NRE
+
+    return {"nle": NLE, "nre": NRE}[method]()
+
+
+def _posterior_samples(task, estimator, x, seed: int, progress: bool) -> torch.Tensor:
+    from pyro_sbi.infer import SliceMCMC
+
+    mcmc = SliceMCMC(
+        task.model, num_samples=100, num_chains=100, warmup_steps=100, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    return mcmc.run(estimator, x).get_samples()["theta"]
+
+
+class _Sbi:
+    """`sbi`'s NLE / NRE with their defaults, on given simulations."""
+
+    def __init__(self, task, method: str, seed: int) -> None:
+        import sbi.inference
+
+        self.method, self.seed = method, seed
+        self.cls = {"nle": sbi.inference.NLE, "nre": sbi.inference.NRE}[method]
+        self.prior = task.prior()
+
+    def train(self, theta, x):
+        torch.manual_seed(self.seed)
+        inference = self.cls(prior=self.prior, show_progress_bars=False)
+        with contextlib.redirect_stdout(io.StringIO()):  # sbi prints "converged after ..."
+            inference.append_simulations(theta, x).train()
+        self.posterior = inference.build_posterior()
+
+    def sample(self, x, seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        return self.posterior.sample((NUM_POSTERIOR,), x=x, show_progress_bars=False)
+
+
+def run(
+    tasks, methods, budgets, observations, *, compare: str | None = None, seed: int = 0,
+    progress: bool = False, log=print,
+) -> list[Row]:  # fmt: skip
+    """Runs the benchmark (see the module docstring).
+
+    Returns one :class:`Row` per task, method, budget and observation.
+    """
+    from pyro_sbi import c2st, simulate
+
+    rows = []
+    for task_name in tasks:
+        task = _task(task_name)
+        for budget in budgets:
+            run_seed = seed + 1000 * budget + TASKS.index(task_name)
+            torch.manual_seed(run_seed)
+            theta = task.prior().sample((budget,))
+            start = time.perf_counter()
+            sims = simulate(
+                task.simulator, theta, seed=run_seed, batch_size=budget, progress=False
+            )
+            simulate_s = time.perf_counter() - start
+            theta, x = sims.valid()
+            for method in methods:
+                estimator = _estimator(method)
+                start = time.perf_counter()
+                estimator.fit(theta, x, seed=run_seed, progress=progress)
+                train_s = time.perf_counter() - start
+                peer = None
+                if compare == "sbi":
+                    peer = _Sbi(task, method, run_seed)
+                    start = time.perf_counter()
+                    peer.train(theta, x)
+                    sbi_train_s = time.perf_counter() - start
+                for i in observations:
+                    x_o = task.observation(i)
+                    reference = task.reference_posterior(i, NUM_POSTERIOR)
+                    start = time.perf_counter()
+                    samples = _posterior_samples(task, estimator, x_o, run_seed + i, progress)
+                    sample_s = time.perf_counter() - start
+                    row = Row(
+                        task_name, method, budget, i, float(c2st(samples, reference, seed=i)),
+                        simulate_s, train_s, sample_s,
+                    )  # fmt: skip
+                    if peer is not None:
+                        start = time.perf_counter()
+                        theirs = peer.sample(x_o, run_seed + i)
+                        row.sbi_sample_s = time.perf_counter() - start
+                        row.sbi_train_s = sbi_train_s
+                        row.sbi_c2st = float(c2st(theirs, reference, seed=i))
+                    rows.append(row)
+                    log(_format_row(row), flush=True)
+    return rows
+
+
+_HEADER = (
+    "| task | method | simulations | obs | C2ST | simulate s | train s | sample s |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- |",
+)
+_HEADER_SBI = (
+    " sbi C2ST | sbi train s | sbi sample s | time ratio |",
+    " --- | --- | --- | --- |",
+)
+
+
+def _format_row(row: Row) -> str:
+    line = (
+        f"| {row.task} | {row.method} | {row.budget} | {row.observation} | {row.c2st:.3f} | "
+        f"{row.simulate_s:.2f} | {row.train_s:.1f} | {row.sample_s:.1f} |"
+    )
+    if row.sbi_c2st is not None:
+        line += (
+            f" {row.sbi_c2st:.3f} | {row.sbi_train_s:.1f} | {row.sbi_sample_s:.1f} | "
+            f"{row.time_ratio:.2f} |"
+        )
+    return line
+
+
+def table(rows: list[Row]) -> str:
+    """The rows as a markdown table, then the means over observations."""
+    peer = any(r.sbi_c2st is not None for r in rows)
+    head = [h + (s if peer else "") for h, s in zip(_HEADER, _HEADER_SBI, strict=True)]
+    lines = [*head, *map(_format_row, rows), "", "Mean over observations:", ""]
+    summary = "| task | method | simulations | C2ST |" + (
+        " sbi C2ST | train + sample s | sbi train + sample s | time ratio |" if peer else ""
+    )
+    lines += [summary, "|" + " --- |" * (summary.count("|") - 1)]
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.task, r.method, r.budget), []).append(r)
+    for (task, method, budget), group in groups.items():
+        mean = statistics.fmean
+        line = f"| {task} | {method} | {budget} | {mean(r.c2st for r in group):.3f} |"
+        if peer:
+            ours = group[0].train_s + sum(r.sample_s for r in group)
+            theirs = group[0].sbi_train_s + sum(r.sbi_sample_s for r in group)
+            line += (
+                f" {mean(r.sbi_c2st for r in group):.3f} | {ours:.1f} | {theirs:.1f} | "
+                f"{ours / theirs:.2f} |"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def versions(compare: str | None) -> str:
+    """Python, platform and package versions, one line."""
+    import pyro
+    import zuko
+
+    import pyro_sbi
+
+    parts = [
+        f"pyro_sbi {pyro_sbi.__version__}", f"torch {torch.__version__}",
+        f"pyro {pyro.__version__}", f"zuko {zuko.__version__}",
+    ]  # fmt: skip
+    if compare == "sbi":
+        import sbi
+
+        parts.append(f"sbi {sbi.__version__}")
+    parts += [f"Python {platform.python_version()}", platform.machine()]
+    parts.append(f"{torch.get_num_threads()} torch thread(s)")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    """The command line: parses `argv`, runs, prints the table; returns the rows."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pyro_sbi.benchmark",
+        description="C2ST and seconds on the standard SBI tasks, optionally beside sbi.",
+    )
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["two_moons"])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["nle"])
+    parser.add_argument("--num-simulations", nargs="+", type=int, default=[1000])
+    parser.add_argument("--observations", nargs="+", type=int, default=[1])
+    parser.add_argument("--compare", choices=["sbi"], default=None)
+    parser.add_argument("--json", default=None, help="write the rows to this file")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--progress", action="store_true", help="progress bars")
+    args = parser.parse_args(argv)
+    if args.compare == "sbi":
+        try:
+            import sbi  # noqa: F401
+        except ImportError:
+            parser.error("--compare sbi needs the sbi package: pip install 'pyro-sbi[benchmark]'")
+    torch.set_num_threads(args.threads)
+    about = versions(args.compare)
+    print(f"# Benchmark: {' '.join(['python -m pyro_sbi.benchmark', *(argv or sys.argv[1:])])}")
+    print(f"\n{about}\n")
+    print("\n".join(_HEADER) if args.compare is None else "\n".join(
+        h + s for h, s in zip(_HEADER, _HEADER_SBI, strict=True)))  # fmt: skip
+    rows = run(
+        args.tasks, args.methods, args.num_simulations, args.observations,
+        compare=args.compare, seed=args.seed, progress=args.progress,
+    )  # fmt: skip
+    print()
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as file:
+            json.dump({"versions": about, "rows": [asdict(r) for r in rows]}, file, indent=1)
+    return rows
