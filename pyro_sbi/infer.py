@@ -188,19 +188,25 @@ class _Density:
             },
         )
 
-    def _run(self, values, n, *, vectorized) -> tuple[Tensor, Tensor, dict]:
+    def padded(self, values: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+        """Values `{name: (n, *shape)}` reshaped as `(n, 1, ..., 1, *shape)`.
+
+        So shaped, they condition the model under a plate of `n` draws at dim
+        `-nesting - 1`.
+        """
         data = {}
         for latent in self.latents:
-            if values is None:
-                continue
             value = values[latent.name]
-            if vectorized:
-                event = len(latent.shape) - latent.batch_dims
-                batch = value.shape[1 : value.dim() - event]
-                padding = (1,) * (self.nesting - len(batch))
-                data[latent.name] = value.reshape(n, *padding, *value.shape[1:])
-            else:
-                data[latent.name] = value
+            event = len(latent.shape) - latent.batch_dims
+            batch = value.shape[1 : value.dim() - event]
+            padding = (1,) * (self.nesting - len(batch))
+            data[latent.name] = value.reshape(n, *padding, *value.shape[1:])
+        return data
+
+    def _run(self, values, n, *, vectorized) -> tuple[Tensor, Tensor, dict]:
+        data = {}
+        if values is not None:
+            data = self.padded(values, n) if vectorized else values
         model = poutine.condition(self.model, data) if data else self.model
         with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:
             if vectorized:

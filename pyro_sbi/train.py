@@ -100,6 +100,8 @@ def train(
     timeout: float | None = None,
     max_failure_fraction: float = 0.5,
     validity: bool = True,
+    rounds: int = 1,
+    sampler_options: Mapping | None = None,
     **kwargs,
 ) -> dict[str, SiteReport]:
     r"""Simulates from the model's prior and trains the estimator of every simulator site.
@@ -130,7 +132,23 @@ def train(
         validity: when simulations failed, learn :math:`P(\text{valid} \mid \theta)`
             and add its logarithm to the site's log-density (see
             :mod:`pyro_sbi.validity`).
+        rounds: sequential rounds (SNLE / SNRE). Round 1 draws from the prior (or
+            `proposal`); each later round draws the parameters of every simulator site
+            from the current posterior of the **whole** model given the observations in
+            `args`/`kwargs` (so each subject's `theta` comes from its own posterior),
+            simulates them, and refits each estimator on all simulations so far.
+            `num_simulations` is the total over rounds, split evenly.
+        sampler_options: options of :class:`~pyro_sbi.SliceMCMC`, which draws the
+            posterior of rounds 2 and later (`num_chains`, `warmup_steps`, ...).
         kwargs: keyword arguments of the model.
+
+    Sequential rounds concentrate simulations where the posterior is, so the same
+    budget buys a more accurate likelihood there (and a less accurate one elsewhere:
+    the estimator is then valid for these observations only, not amortised). For NLE
+    the learned likelihood stays a likelihood whatever the proposal, so rounds are
+    always valid. For NRE the learned ratio's denominator becomes the marginal of `x`
+    under the pooled proposals; it is still constant in `theta`, so MCMC and SVI on the
+    parameters remain valid, and the log-ratio was never a normalised likelihood anyway.
 
     Returns:
         A :class:`SiteReport` per site name (sites sharing an estimator share a report).
@@ -151,6 +169,16 @@ def train(
     """
     if num_simulations < 2:
         raise ValueError(f"train needs num_simulations >= 2; got {num_simulations}")
+    if rounds < 1 or num_simulations < 2 * rounds:
+        raise ValueError(
+            f"train needs rounds >= 1 and at least 2 simulations per round; got "
+            f"rounds={rounds}, num_simulations={num_simulations}"
+        )
+    if rounds > 1 and store is not None:
+        raise ValueError(
+            "train: store= keeps simulations of one proposal; it cannot be combined with "
+            "rounds > 1, whose proposals are posteriors"
+        )
     if seed is not None:
         pyro.set_rng_seed(seed)
     fit_options = dict(fit_options or {})
@@ -166,75 +194,131 @@ def train(
             "train found no SimulatorDistribution sample site in the model; wrap the "
             "simulator as pyro.sample(name, SimulatorDistribution(simulator, theta, estimator))"
         )
-    groups = _group_by_estimator(collector.sites)
-    shares = {
-        name: count
-        for names in groups.values()
-        for name, count in zip(names, _split(num_simulations, len(names)), strict=True)
-    }
-    thetas = _draw_theta(model, args, kwargs, collector, shares, proposal)
-
-    root = _open_store(store) if store is not None else None
-    reports: dict[str, SiteReport] = {}
-    for names in groups.values():
-        estimator = collector.sites[names[0]].estimator
-        records = []
-        for name in names:
-            site = collector.sites[name]
-            theta = thetas[name]
-            group, site_seed = None, None if seed is None else _site_seed(seed, name)
-            if root is not None:
-                site_proposal = proposal.get(name) if isinstance(proposal, Mapping) else proposal
-                group, theta = _reuse(root, name, site, theta, _source(site_proposal))
-                if "pyro_sbi" in group.attrs:
-                    site_seed = None  # the stored root seed goes on
-            records.append(
-                simulate(
-                    site.simulator,
-                    theta,
-                    batch_size=simulation_batch_size,
-                    batched=site.batched,
-                    numpy=site.numpy,
-                    executor=executor,
-                    seed=site_seed,
-                    timeout=timeout,
-                    max_failure_fraction=max_failure_fraction,
-                    store=group,
-                    progress=progress,
-                )
-            )
-        theta_all = torch.cat([record.theta for record in records]).to(torch.get_default_dtype())
-        ok = torch.cat([record.ok for record in records])
-        theta, x = theta_all[ok], torch.cat([record.x for record in records])[ok]
-        num_failed = int((~ok).sum())
-        classifier = None
-        if num_failed:
-            counts = {
-                kind: sum(record.counts()[kind] for record in records)
-                for kind in records[0].counts()
-            }
-            kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
-            warnings.warn(
-                f"{', '.join(names)}: {num_failed} of {len(ok)} simulations failed ({kinds}) "
-                "and are left out of training"
-                + (
-                    "; P(valid | theta) is learned and added to the likelihood" if validity else ""
-                ),
-                stacklevel=2,
-            )
-        history = estimator.fit(theta, x, **fit_options)
-        if num_failed and validity:
-            classifier = ValidityClassifier()
-            classifier.fit(theta_all, ok.to(theta_all.dtype).unsqueeze(-1), **fit_options)
-            estimator.validity = classifier
-        seconds = sum(record.seconds for record in records)
-        report = SiteReport(
-            names, estimator, theta, x, num_failed, history, seconds, records, classifier
+    if rounds > 1 and not collector.observed:
+        raise ValueError(
+            "train: rounds > 1 draw from the posterior given the observations, but no "
+            "simulator site is observed; pass the data to the model (obs=...)"
         )
-        if progress:
-            print(report)
-        reports.update(dict.fromkeys(names, report))
+    groups = _group_by_estimator(collector.sites)
+    root = _open_store(store) if store is not None else None
+    records: dict[str, list[Simulations]] = {name: [] for name in collector.sites}
+    reports: dict[str, SiteReport] = {}
+    for round_index, budget in enumerate(_split(num_simulations, rounds)):
+        shares = {
+            name: count
+            for names in groups.values()
+            for name, count in zip(names, _split(budget, len(names)), strict=True)
+        }
+        if round_index == 0:
+            thetas = _draw_theta(model, args, kwargs, collector, shares, proposal)
+        else:
+            round_seed = None if seed is None else seed + round_index
+            thetas = _posterior_theta(
+                model, args, kwargs, collector, shares, sampler_options, round_seed, progress
+            )
+        for names in groups.values():
+            for name in names:
+                site = collector.sites[name]
+                theta = thetas[name]
+                group, site_seed = None, None
+                if seed is not None:
+                    site_seed = _site_seed(seed + round_index, name)
+                if root is not None:
+                    site_proposal = (
+                        proposal.get(name) if isinstance(proposal, Mapping) else proposal
+                    )
+                    group, theta = _reuse(root, name, site, theta, _source(site_proposal))
+                    if "pyro_sbi" in group.attrs:
+                        site_seed = None  # the stored root seed goes on
+                records[name].append(
+                    simulate(
+                        site.simulator,
+                        theta,
+                        batch_size=simulation_batch_size,
+                        batched=site.batched,
+                        numpy=site.numpy,
+                        executor=executor,
+                        seed=site_seed,
+                        timeout=timeout,
+                        max_failure_fraction=max_failure_fraction,
+                        store=group,
+                        progress=progress,
+                    )
+                )
+            pooled = [record for name in names for record in records[name]]
+            report = _fit_site(names, collector, pooled, fit_options, validity)
+            if progress:
+                prefix = f"round {round_index + 1}/{rounds}: " if rounds > 1 else ""
+                print(prefix + str(report))
+            reports.update(dict.fromkeys(names, report))
     return reports
+
+
+def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:
+    """Fits the estimator shared by `names` on all their simulations so far."""
+    estimator = collector.sites[names[0]].estimator
+    theta_all = torch.cat([record.theta for record in records]).to(torch.get_default_dtype())
+    ok = torch.cat([record.ok for record in records])
+    theta, x = theta_all[ok], torch.cat([record.x for record in records])[ok]
+    num_failed = int((~ok).sum())
+    classifier = None
+    if num_failed:
+        counts = {
+            kind: sum(record.counts()[kind] for record in records) for kind in records[0].counts()
+        }
+        kinds = ", ".join(f"{count} {kind}" for kind, count in counts.items() if count)
+        warnings.warn(
+            f"{', '.join(names)}: {num_failed} of {len(ok)} simulations failed ({kinds}) "
+            "and are left out of training"
+            + ("; P(valid | theta) is learned and added to the likelihood" if validity else ""),
+            stacklevel=3,
+        )
+    history = estimator.fit(theta, x, **fit_options)
+    if num_failed and validity:
+        classifier = ValidityClassifier()
+        classifier.fit(theta_all, ok.to(theta_all.dtype).unsqueeze(-1), **fit_options)
+        estimator.validity = classifier
+    seconds = sum(record.seconds for record in records)
+    return SiteReport(
+        names, estimator, theta, x, num_failed, history, seconds, records, classifier
+    )
+
+
+def _posterior_theta(
+    model, args, kwargs, collector, shares, sampler_options, seed, progress
+) -> dict[str, Tensor]:
+    """`(share, D)` parameters per site, from the model's current posterior."""
+    from pyro_sbi.infer import SliceMCMC, _Density
+
+    per_draw = {name: _count(collector.sites[name]) for name in shares}
+    draws = max(math.ceil(shares[name] / per_draw[name]) for name in shares)
+    options = {"num_chains": min(draws, 200), "warmup_steps": 50, **(sampler_options or {})}
+    options.setdefault("num_samples", math.ceil(draws / options["num_chains"]))
+    mcmc = SliceMCMC(model, seed=seed, progress=progress, **options).run(*args, **kwargs)
+    samples = mcmc.get_samples()
+    size = len(next(iter(samples.values())))
+    density = _Density(model, args, kwargs)
+    run = _Collector()
+    with torch.no_grad(), poutine.block(), run:
+        if density.vectorize:
+            with pyro.plate("_pyro_sbi_particles", size, dim=-density.nesting - 1):
+                poutine.condition(model, density.padded(samples, size))(*args, **kwargs)
+    if not density.vectorize or set(run.sites) != set(shares):  # one draw at a time
+        thetas = {name: [] for name in shares}
+        for i in range(size):
+            one = _Collector()
+            with torch.no_grad(), poutine.block(), one:
+                poutine.condition(model, {k: v[i] for k, v in samples.items()})(*args, **kwargs)
+            _extend(thetas, one, set(shares))
+        joined = {name: torch.cat(parts) for name, parts in thetas.items()}
+    else:
+        joined = {name: _distinct(run.sites[name].theta) for name in shares}
+    out = {}
+    for name, share in shares.items():
+        theta = joined[name]
+        index = torch.randperm(len(theta))[:share] if len(theta) >= share else None
+        out[name] = theta[index] if index is not None else theta
+    return out
 
 
 def _site_seed(seed: int, name: str) -> int:
@@ -300,6 +384,7 @@ class _Collector(Messenger):
     def __init__(self) -> None:
         super().__init__()
         self.sites: dict[str, SimulatorDistribution] = {}
+        self.observed: set[str] = set()
         self.max_batch_dims = 0
 
     def _pyro_sample(self, msg) -> None:
@@ -312,6 +397,8 @@ class _Collector(Messenger):
         if not isinstance(fn, SimulatorDistribution):
             return
         self.sites[msg["name"]] = fn
+        if msg["is_observed"]:
+            self.observed.add(msg["name"])
         if msg["value"] is None:
             msg["value"] = torch.zeros(msg["fn"].shape())
         msg["done"] = True

@@ -68,3 +68,8 @@ class Interruptible:
 
 class Other(Interruptible):
     """Another simulator."""
+
+
+def shift(theta):
+    """x ~ N(theta, 0.3^2 I)."""
+    return theta + 0.3 * torch.randn_like(theta)

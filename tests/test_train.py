@@ -236,3 +236,65 @@ def test_seed_makes_training_reproducible():
         return likelihood.log_prob(torch.zeros(2), torch.zeros(2))
 
     assert torch.equal(run(), run())
+
+
+def narrow_model(x_o=None, likelihood=None):
+    """theta ~ N(0, 2^2 I_2); 20 trials x ~ N(theta, 0.3^2): a narrow posterior."""
+    theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 2.0).to_event(1))
+    with pyro.plate("trials", 20):
+        pyro.sample("x", SimulatorDistribution(simulators.shift, theta, likelihood), obs=x_o)
+
+
+def test_sequential_rounds_draw_later_rounds_from_the_posterior():
+    likelihood = NLE(zuko.flows.MAF, transforms=2, hidden_features=[32, 32])
+    x_o = torch.tensor([1.5, -1.0]) + 0.3 * torch.randn(
+        20, 2, generator=torch.Generator().manual_seed(0)
+    )
+    reports = train(
+        narrow_model, x_o, likelihood, num_simulations=1200, rounds=3, seed=0, progress=False,
+        fit_options={"max_epochs": 300}, sampler_options={"num_chains": 50, "warmup_steps": 20},
+    )  # fmt: skip
+    report = reports["x"]
+    assert report.theta.shape == (1200, 2)  # all rounds pooled
+    assert [len(record.theta) for record in report.simulations] == [400, 400, 400]
+    first, last = report.simulations[0].theta, report.simulations[2].theta
+    assert first.std(0).min() > 1.5  # the prior, sd 2
+    # the posterior: mean x_o.mean(0), sd 0.3 / sqrt(20) = 0.067 (as learned from 800
+    # simulations, so with some slack)
+    assert (last.mean(0) - x_o.mean(0)).abs().max() < 0.1
+    assert last.std(0).max() < 0.12
+
+
+def test_sequential_rounds_draw_each_subject_from_its_own_posterior():
+    likelihood = NLE(zuko.flows.MAF, transforms=2, hidden_features=[32, 32])
+
+    def model(x_o, likelihood):
+        mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 3.0).to_event(1))
+        with pyro.plate("subjects", 2):
+            theta = pyro.sample("theta", dist.Normal(mu, 1.0).to_event(1))
+            with pyro.plate("trials", 5, dim=-2):
+                pyro.sample("x", SimulatorDistribution(simulators.shift, theta, likelihood),
+                            obs=x_o)  # fmt: skip
+
+    centres = torch.tensor([[2.0, 2.0], [-2.0, -2.0]])
+    x_o = centres + 0.3 * torch.randn(5, 2, 2, generator=torch.Generator().manual_seed(1))
+    reports = train(
+        model, x_o, likelihood, num_simulations=800, rounds=2, seed=0, progress=False,
+        fit_options={"max_epochs": 300}, sampler_options={"num_chains": 40, "warmup_steps": 20},
+    )  # fmt: skip
+    last = reports["x"].simulations[1].theta
+    assert last.shape == (400, 2)
+    near = torch.cdist(last, centres).argmin(-1)
+    assert 0.35 < float(near.float().mean()) < 0.65  # both subjects, equally
+    distance = torch.cdist(last, centres).min(-1).values  # the subjects are 5.7 apart
+    assert distance.median() < 0.6 and (distance < 2.5).all()  # posterior sd 0.13
+
+
+def test_sequential_rounds_need_observations_and_no_store(tmp_path):
+    with pytest.raises(ValueError, match="no simulator site is observed"):
+        train(narrow_model, None, NLE(), num_simulations=100, rounds=2, progress=False)
+    with pytest.raises(ValueError, match="store"):
+        train(narrow_model, torch.zeros(20, 2), NLE(), num_simulations=100, rounds=2,
+              store=tmp_path / "s", progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="rounds"):
+        train(narrow_model, torch.zeros(20, 2), NLE(), num_simulations=100, rounds=0)
