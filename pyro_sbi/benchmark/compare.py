@@ -7,7 +7,7 @@ For each task and budget it simulates once from the prior (a fixed seed per task
 budget). For each method it trains the estimator once on those simulations (NLE and
 NRE are amortised: one training serves every observation), then for each observation
 draws 10,000 posterior samples of the task's Pyro model with :class:`~pyro_sbi.infer.
-SliceMCMC` (100 chains × 100 draws after 100 warm-up sweeps, SIR initialisation) and
+SliceMCMC` (250 chains × 40 draws after 40 warm-up sweeps, SIR initialisation) and
 scores them by C2ST against the task's reference posterior (0.5 is perfect).
 
 With ``--compare sbi`` it runs `sbi`'s ``NLE`` / ``NRE`` (NRE-B, as ours) with their
@@ -80,7 +80,7 @@ def _posterior_samples(task, estimator, x, seed: int, progress: bool) -> torch.T
     from pyro_sbi.infer import SliceMCMC
 
     mcmc = SliceMCMC(
-        task.model, num_samples=100, num_chains=100, warmup_steps=100, seed=seed,
+        task.model, num_samples=40, num_chains=250, warmup_steps=40, seed=seed,
         progress=progress,
     )  # fmt: skip
     return mcmc.run(estimator, x).get_samples()["theta"]
@@ -110,7 +110,7 @@ class _Sbi:
 
 def run(
     tasks, methods, budgets, observations, *, compare: str | None = None, seed: int = 0,
-    progress: bool = False, log=print,
+    progress: bool = False, log=print, on_row=None,
 ) -> list[Row]:  # fmt: skip
     """Runs the benchmark (see the module docstring).
 
@@ -160,6 +160,8 @@ def run(
                         row.sbi_c2st = float(c2st(theirs, reference, seed=i))
                     rows.append(row)
                     log(_format_row(row), flush=True)
+                    if on_row is not None:
+                        on_row(rows)
     return rows
 
 
@@ -259,13 +261,16 @@ def main(argv: list[str] | None = None) -> list[Row]:
     print(f"\n{about}\n")
     print("\n".join(_HEADER) if args.compare is None else "\n".join(
         h + s for h, s in zip(_HEADER, _HEADER_SBI, strict=True)))  # fmt: skip
+
+    def save(rows: list[Row]) -> None:  # after every row, so a stopped run keeps its rows
+        if args.json:
+            with open(args.json, "w") as file:
+                json.dump({"versions": about, "rows": [asdict(r) for r in rows]}, file, indent=1)
+
     rows = run(
         args.tasks, args.methods, args.num_simulations, args.observations,
-        compare=args.compare, seed=args.seed, progress=args.progress,
+        compare=args.compare, seed=args.seed, progress=args.progress, on_row=save,
     )  # fmt: skip
     print()
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump({"versions": about, "rows": [asdict(r) for r in rows]}, file, indent=1)
     return rows
