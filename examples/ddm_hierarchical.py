@@ -6,8 +6,10 @@ continuous + discrete observation. The subjects' parameters are drawn around gro
 means with group spreads on an unconstrained scale: u = logit of each parameter's
 place in the task's prior box, theta = LOW + (HIGH - LOW) * sigmoid(u). The surrogate
 is trained on that box, so the map keeps every subject where it is valid (NUTS never
-asks it to extrapolate). The hierarchy is centred: with 100 trials a subject's data pin
-its parameters down, where a centred hierarchy samples best.
+asks it to extrapolate). The hierarchy is centred: with 60 to 140 trials a subject's
+data pin its parameters down, where a centred hierarchy samples best. Subjects have
+different numbers of trials (ragged data, as in every real experiment): the trials are
+padded to the largest count and `poutine.mask` leaves the padding out of the model.
 
 The simulator (`pyro_sbi.tasks.ddm.simulate_ddm`) is treated as a black box: an MNLE
 (a categorical head for the choice times a flow for the log reaction time) learns the
@@ -35,6 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
+from pyro import poutine  # noqa: E402
 from pyro.infer import MCMC, NUTS  # noqa: E402
 from pyro.infer.autoguide import init_to_value  # noqa: E402
 
@@ -61,8 +64,14 @@ def unconstrain(theta: torch.Tensor) -> torch.Tensor:
     return torch.logit((theta - LOW) / (HIGH - LOW))
 
 
-def make_model(likelihood: MNLE | None, subjects: int, trials: int):
-    """The hierarchical DDM; the analytic likelihood when `likelihood` is None."""
+def make_model(likelihood: MNLE | None, counts: torch.Tensor):
+    """The hierarchical DDM; the analytic likelihood when `likelihood` is None.
+
+    Subject `s` has `counts[s]` trials (ragged): the data are padded to
+    `(max(counts), subjects, 2)` and the padding is masked out of the log-density.
+    """
+    subjects, trials = len(counts), int(counts.max())
+    observed = torch.arange(trials)[:, None] < counts  # (trials, subjects)
 
     def model(x_obs=None):
         mu = pyro.sample("mu", dist.Normal(GROUP_LOC, GROUP_SCALE).to_event(1))
@@ -70,7 +79,7 @@ def make_model(likelihood: MNLE | None, subjects: int, trials: int):
         with pyro.plate("subjects", subjects):
             u = pyro.sample("u", dist.Normal(mu, sigma).to_event(1))
             theta = pyro.deterministic("theta", constrain(u), event_dim=1)
-            with pyro.plate("trials", trials, dim=-2):
+            with pyro.plate("trials", trials, dim=-2), poutine.mask(mask=observed):
                 if likelihood is None:
                     fn = DriftDiffusion(*theta.unbind(-1))
                 else:
@@ -109,22 +118,27 @@ def main() -> None:
     torch.set_num_threads(1)
     progress = not args.smoke_test
     if args.smoke_test:
-        subjects, trials, simulations, samples, warmup = 2, 20, 2000, 20, 20
+        counts, simulations, samples, warmup = torch.tensor([20, 12]), 2000, 20, 20
         fit_options = {"max_epochs": 3}
     else:
-        subjects, trials, simulations, samples, warmup = 5, 100, 100_000, 1000, 500
+        counts = torch.tensor([100, 60, 140, 80, 120])  # ragged: trials per subject
+        simulations, samples, warmup = 100_000, 1000, 500
         fit_options = {"batch_size": 512}
+    subjects, trials = len(counts), int(counts.max())
 
-    # Data from the real simulator at known subject parameters.
+    # Data from the real simulator at known subject parameters; each subject's trials
+    # beyond its count are padding (a copy of its first trial, masked in the model).
     pyro.set_rng_seed(args.seed)
     theta_true = constrain(TRUE_MU + TRUE_SIGMA * torch.randn(subjects, 4))
     x_obs = simulate_ddm(theta_true.expand(trials, subjects, 4))
-    print(f"{subjects} subjects x {trials} trials; true subject parameters {NAMES}:")
+    padding = torch.arange(trials)[:, None] >= counts
+    x_obs = torch.where(padding[..., None], x_obs[:1].expand_as(x_obs), x_obs)
+    print(f"{subjects} subjects with {counts.tolist()} trials; true parameters {NAMES}:")
     print(theta_true.numpy().round(2))
 
     # Learn the single-trial likelihood over the prior box of the task.
     likelihood = MNLE(discrete=[1], log_transform=True)
-    surrogate = make_model(likelihood, subjects, trials)
+    surrogate = make_model(likelihood, counts)
     start = time.perf_counter()
     train(
         surrogate,
@@ -137,7 +151,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
 
     exact, exact_seconds = run_nuts(
-        make_model(None, subjects, trials), x_obs, samples, warmup, args.seed + 1, progress
+        make_model(None, counts), x_obs, samples, warmup, args.seed + 1, progress
     )
     learned, learned_seconds = run_nuts(surrogate, x_obs, samples, warmup, args.seed + 1, progress)
     print(

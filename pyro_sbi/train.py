@@ -50,8 +50,7 @@ class SiteReport:
     Attributes:
         sites: the sample sites that share the estimator.
         estimator: the trained estimator.
-        theta: `(n, D)` parameters that were simulated.
-        theta: `(n, D)` parameters of the successful simulations.
+        theta: `(n, D)` parameters of the successful simulations (all rounds).
         x: `(n, *x_shape)` their simulator outputs.
         num_failed: simulations left out because they failed.
         history: the training history (one per member for an

@@ -1,5 +1,8 @@
 """Benchmarks: scripts that measure speed and accuracy, never timed tests.
 
+- `python -m pyro_sbi.benchmark`: C2ST and seconds on the standard tasks, optionally
+  side by side with sbi on the same simulations (:mod:`pyro_sbi.benchmark.compare`);
+- `python -m pyro_sbi.benchmark.plot rows.json`: C2ST against budget per task;
 - `python -m pyro_sbi.benchmark.simulation`: the simulation engine's overhead,
   its speed-up on a process pool and on Dask, and the cost of the store.
 """

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import statistics
 import sys
@@ -76,14 +77,14 @@ def _estimator(method: str):
     return {"nle": NLE, "nre": NRE}[method]()
 
 
-def _posterior_samples(task, estimator, x, seed: int, progress: bool) -> torch.Tensor:
+def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) -> torch.Tensor:
     from pyro_sbi.infer import SliceMCMC
 
     mcmc = SliceMCMC(
-        task.model, num_samples=40, num_chains=250, warmup_steps=40, seed=seed,
-        progress=progress,
+        task.model, num_samples=math.ceil(num / 250), num_chains=250, warmup_steps=40,
+        seed=seed, progress=progress,
     )  # fmt: skip
-    return mcmc.run(estimator, x).get_samples()["theta"]
+    return mcmc.run(estimator, x).get_samples()["theta"][:num]
 
 
 class _Sbi:
@@ -103,18 +104,33 @@ class _Sbi:
             inference.append_simulations(theta, x).train()
         self.posterior = inference.build_posterior()
 
-    def sample(self, x, seed: int) -> torch.Tensor:
+    def sample(self, x, seed: int, num: int) -> torch.Tensor:
         torch.manual_seed(seed)
-        return self.posterior.sample((NUM_POSTERIOR,), x=x, show_progress_bars=False)
+        return self.posterior.sample((num,), x=x, show_progress_bars=False)
 
 
 def run(
     tasks, methods, budgets, observations, *, compare: str | None = None, seed: int = 0,
-    progress: bool = False, log=print, on_row=None,
+    progress: bool = False, log=print, on_row=None, num_posterior: int = NUM_POSTERIOR,
+    fit_options: dict | None = None,
 ) -> list[Row]:  # fmt: skip
     """Runs the benchmark (see the module docstring).
 
-    Returns one :class:`Row` per task, method, budget and observation.
+    Arguments:
+        tasks: task names (modules of :mod:`pyro_sbi.tasks`).
+        methods: `"nle"` and/or `"nre"`.
+        budgets: numbers of simulations.
+        observations: sbibm observation numbers (1 to 10).
+        compare: `"sbi"` to run sbi on the same simulations.
+        seed: roots the seeds of simulation, training and sampling.
+        progress: progress bars.
+        log: prints each row as it comes.
+        on_row: called with the rows so far after each row.
+        num_posterior: posterior samples per observation (and reference samples).
+        fit_options: options of our estimators' `fit` (defaults otherwise).
+
+    Returns:
+        One :class:`Row` per task, method, budget and observation.
     """
     from pyro_sbi import c2st, simulate
 
@@ -134,7 +150,7 @@ def run(
             for method in methods:
                 estimator = _estimator(method)
                 start = time.perf_counter()
-                estimator.fit(theta, x, seed=run_seed, progress=progress)
+                estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
                 train_s = time.perf_counter() - start
                 peer = None
                 if compare == "sbi":
@@ -144,9 +160,11 @@ def run(
                     sbi_train_s = time.perf_counter() - start
                 for i in observations:
                     x_o = task.observation(i)
-                    reference = task.reference_posterior(i, NUM_POSTERIOR)
+                    reference = task.reference_posterior(i, num_posterior)
                     start = time.perf_counter()
-                    samples = _posterior_samples(task, estimator, x_o, run_seed + i, progress)
+                    samples = _posterior_samples(
+                        task, estimator, x_o, run_seed + i, progress, num_posterior
+                    )
                     sample_s = time.perf_counter() - start
                     row = Row(
                         task_name, method, budget, i, float(c2st(samples, reference, seed=i)),
@@ -154,7 +172,7 @@ def run(
                     )  # fmt: skip
                     if peer is not None:
                         start = time.perf_counter()
-                        theirs = peer.sample(x_o, run_seed + i)
+                        theirs = peer.sample(x_o, run_seed + i, num_posterior)
                         row.sbi_sample_s = time.perf_counter() - start
                         row.sbi_train_s = sbi_train_s
                         row.sbi_c2st = float(c2st(theirs, reference, seed=i))
