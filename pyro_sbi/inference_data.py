@@ -297,7 +297,9 @@ class _Runner:
         data = {}
         for name, value in samples.items():
             if vectorized:
-                padding = (1,) * max(self.nesting - (value.dim() - 1), 0)
+                event_dim = self.base.nodes[name]["fn"].event_dim if name in self.base.nodes else 0
+                batch_dims = value.dim() - 1 - event_dim
+                padding = (1,) * max(self.nesting - batch_dims, 0)
                 data[name] = value.reshape(size, *padding, *value.shape[1:])
             else:
                 data[name] = value[0]
