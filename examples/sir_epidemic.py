@@ -172,7 +172,7 @@ def main() -> None:
           f"{infections_true.sum(-1).long().tolist()} infections; validation study: "
           f"{int(validated)} of {N_VALIDATED} infections reported")  # fmt: skip
 
-    # One simulator call (the daily loop costs about the same for 100 or 40,000 epidemics).
+    # One simulator call: a seeded run would otherwise make 100, each paying the daily loop.
     report = train(model, num_simulations=num_simulations, seed=1, progress=False,
                    simulation_batch_size=num_simulations,
                    fit_options={"max_epochs": epochs, "batch_size": 512})  # fmt: skip
