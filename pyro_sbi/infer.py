@@ -188,25 +188,22 @@ class _Density:
             },
         )
 
-    def padded(self, values: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    def padded(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """Values `{name: (n, *shape)}` reshaped as `(n, 1, ..., 1, *shape)`.
 
         So shaped, they condition the model under a plate of `n` draws at dim
         `-nesting - 1`.
         """
-        data = {}
-        for latent in self.latents:
-            value = values[latent.name]
-            event = len(latent.shape) - latent.batch_dims
-            batch = value.shape[1 : value.dim() - event]
-            padding = (1,) * (self.nesting - len(batch))
-            data[latent.name] = value.reshape(n, *padding, *value.shape[1:])
-        return data
+        return {
+            latent.name: _pad(values[latent.name], len(latent.shape) - latent.batch_dims,
+                              self.nesting)
+            for latent in self.latents
+        }  # fmt: skip
 
     def _run(self, values, n, *, vectorized) -> tuple[Tensor, Tensor, dict]:
         data = {}
         if values is not None:
-            data = self.padded(values, n) if vectorized else values
+            data = self.padded(values) if vectorized else values
         model = poutine.condition(self.model, data) if data else self.model
         with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:
             if vectorized:
@@ -232,6 +229,16 @@ class _Density:
             value = trace.nodes[latent.name]["value"]
             drawn[latent.name] = value.reshape(n, *latent.shape) if vectorized else value[None]
         return log_joint, log_lik, drawn
+
+
+def _pad(value: Tensor, event_dim: int, nesting: int) -> Tensor:
+    """`value (n, *shape)` as `(n, 1, ..., 1, *shape)`, its batch dims filled up to `nesting`.
+
+    So shaped, a site's value conditions a model run under a plate of `n` draws at dim
+    `-nesting - 1`, left of all the model's own plates.
+    """
+    batch_dims = value.dim() - 1 - event_dim
+    return value.reshape(value.shape[0], *(1,) * max(nesting - batch_dims, 0), *value.shape[1:])
 
 
 def _sir(

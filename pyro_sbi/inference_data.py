@@ -41,7 +41,7 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_sbi.distribution import SimulatorDistribution
-from pyro_sbi.infer import SliceMCMC
+from pyro_sbi.infer import SliceMCMC, _pad
 
 _DRAWS = "_pyro_sbi_draws"
 
@@ -298,9 +298,7 @@ class _Runner:
         for name, value in samples.items():
             if vectorized:
                 event_dim = self.base.nodes[name]["fn"].event_dim if name in self.base.nodes else 0
-                batch_dims = value.dim() - 1 - event_dim
-                padding = (1,) * max(self.nesting - batch_dims, 0)
-                data[name] = value.reshape(size, *padding, *value.shape[1:])
+                data[name] = _pad(value, event_dim, self.nesting)
             else:
                 data[name] = value[0]
         with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:

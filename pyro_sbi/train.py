@@ -298,11 +298,14 @@ def _posterior_theta(
     size = len(next(iter(samples.values())))
     density = _Density(model, args, kwargs)
     run = _Collector()
-    with torch.no_grad(), poutine.block(), run:
-        if density.vectorize:
+    try:
+        with torch.no_grad(), poutine.block(), run:
             with pyro.plate("_pyro_sbi_particles", size, dim=-density.nesting - 1):
-                poutine.condition(model, density.padded(samples, size))(*args, **kwargs)
-    if not density.vectorize or set(run.sites) != set(shares):  # one draw at a time
+                poutine.condition(model, density.padded(samples))(*args, **kwargs)
+        vectorized = set(run.sites) == set(shares)
+    except Exception:  # the model cannot run under an extra plate
+        vectorized = False
+    if not vectorized:  # one draw at a time
         thetas = {name: [] for name in shares}
         for i in range(size):
             one = _Collector()

@@ -298,3 +298,21 @@ def test_sequential_rounds_need_observations_and_no_store(tmp_path):
               store=tmp_path / "s", progress=False)  # fmt: skip
     with pytest.raises(ValueError, match="rounds"):
         train(narrow_model, torch.zeros(20, 2), NLE(), num_simulations=100, rounds=0)
+
+
+def test_sequential_rounds_with_a_model_that_cannot_be_vectorised():
+    likelihood = NLE(zuko.flows.MAF, transforms=1, hidden_features=[16])
+
+    def fixed(x_o, likelihood):  # a fixed reshape: no extra plate possible
+        theta = pyro.sample("theta", dist.Normal(0.0, 2.0).expand([2]).to_event(1)).reshape(2)
+        with pyro.plate("trials", 5):
+            pyro.sample("x", SimulatorDistribution(simulators.shift, theta, likelihood), obs=x_o)
+
+    x_o = torch.full((5, 2), 1.0)
+    with pytest.warns(UserWarning, match="once per point"):
+        reports = train(
+            fixed, x_o, likelihood, num_simulations=120, rounds=2, seed=0, progress=False,
+            fit_options={"max_epochs": 5},
+            sampler_options={"num_chains": 4, "warmup_steps": 2, "num_candidates": 20},
+        )  # fmt: skip
+    assert [len(record.theta) for record in reports["x"].simulations] == [60, 60]
