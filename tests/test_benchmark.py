@@ -34,3 +34,20 @@ def test_benchmark_runs_end_to_end_and_writes_rows(tmp_path):
 def test_benchmark_command_line_refuses_unknown_tasks():
     with pytest.raises(SystemExit):
         compare.main(["--tasks", "no_such_task"])
+
+
+def test_benchmark_sequential_rounds_rows():
+    rows = compare.run(
+        ["two_moons"], ["nle"], [300], [1], seed=0, log=lambda *a, **k: None,
+        num_posterior=300, fit_options={"max_epochs": 3}, rounds=(1, 2),
+    )  # fmt: skip
+    assert [(r.rounds, r.observation) for r in rows] == [(1, 1), (2, 1)]
+    assert all(0.45 <= r.c2st <= 1.0 and r.train_s > 0 for r in rows)
+    text = compare.table(rows)
+    assert "| two_moons | nle, 2 rounds | 300 | 1 |" in text
+    assert "| two_moons | nle, 2 rounds | 300 |" in text.split("Mean over observations:")[1]
+
+
+def test_benchmark_command_line_refuses_zero_rounds():
+    with pytest.raises(SystemExit):
+        compare.main(["--rounds", "0"])

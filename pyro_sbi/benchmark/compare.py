@@ -10,6 +10,13 @@ draws 10,000 posterior samples of the task's Pyro model with :class:`~pyro_sbi.i
 SliceMCMC` (250 chains × 40 draws after 40 warm-up sweeps, SIR initialisation) and
 scores them by C2ST against the task's reference posterior (0.5 is perfect).
 
+With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
+:func:`~pyro_sbi.train`): for each observation a fresh estimator is trained on the same
+total budget split over the rounds, later rounds drawing from the current posterior.
+Sequential estimators are not amortised, so their ``train s`` is per observation and
+includes the simulations. Rows of several rounds are scored the same way; `sbi` is
+compared on one round only.
+
 With ``--compare sbi`` it runs `sbi`'s ``NLE`` / ``NRE`` (NRE-B, as ours) with their
 default settings on the **same** simulations, in the same process, and samples with
 sbi's default MCMC (vectorised slice sampling, 20 chains, SIR initialisation, 200
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
 import math
 import platform
@@ -56,11 +64,12 @@ class Row:
     sbi_c2st: float | None = None
     sbi_train_s: float | None = None
     sbi_sample_s: float | None = None
+    rounds: int = 1
 
     @property
     def time_ratio(self) -> float | None:
         """(train + sample) / sbi's (train + sample)."""
-        if self.sbi_train_s is None:
+        if self.sbi_train_s is None or self.sbi_sample_s is None:
             return None
         return (self.train_s + self.sample_s) / (self.sbi_train_s + self.sbi_sample_s)
 
@@ -112,7 +121,7 @@ class _Sbi:
 def run(
     tasks, methods, budgets, observations, *, compare: str | None = None, seed: int = 0,
     progress: bool = False, log=print, on_row=None, num_posterior: int = NUM_POSTERIOR,
-    fit_options: dict | None = None,
+    fit_options: dict | None = None, rounds=(1,),
 ) -> list[Row]:  # fmt: skip
     """Runs the benchmark (see the module docstring).
 
@@ -128,11 +137,13 @@ def run(
         on_row: called with the rows so far after each row.
         num_posterior: posterior samples per observation (and reference samples).
         fit_options: options of our estimators' `fit` (defaults otherwise).
+        rounds: numbers of rounds; 1 is the amortised estimator, more are sequential
+            rounds per observation on the same total budget.
 
     Returns:
         One :class:`Row` per task, method, budget and observation.
     """
-    from pyro_sbi import c2st, simulate
+    from pyro_sbi import c2st, simulate, train
 
     rows = []
     for task_name in tasks:
@@ -148,6 +159,8 @@ def run(
             simulate_s = time.perf_counter() - start
             theta, x = sims.valid()
             for method in methods:
+                if 1 not in rounds:
+                    break
                 estimator = _estimator(method)
                 start = time.perf_counter()
                 estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
@@ -180,6 +193,31 @@ def run(
                     log(_format_row(row), flush=True)
                     if on_row is not None:
                         on_row(rows)
+            for method, num_rounds, i in itertools.product(
+                methods, [r for r in rounds if r > 1], observations
+            ):
+                x_o = task.observation(i)
+                estimator = _estimator(method)
+                start = time.perf_counter()
+                train(
+                    task.model, estimator, x_o, num_simulations=budget, rounds=num_rounds,
+                    seed=run_seed + i, progress=progress, fit_options=fit_options,
+                )  # fmt: skip
+                train_s = time.perf_counter() - start
+                start = time.perf_counter()
+                samples = _posterior_samples(
+                    task, estimator, x_o, run_seed + i, progress, num_posterior
+                )
+                sample_s = time.perf_counter() - start
+                reference = task.reference_posterior(i, num_posterior)
+                row = Row(
+                    task_name, method, budget, i, float(c2st(samples, reference, seed=i)),
+                    0.0, train_s, sample_s, rounds=num_rounds,
+                )  # fmt: skip
+                rows.append(row)
+                log(_format_row(row, compare == "sbi"), flush=True)
+                if on_row is not None:
+                    on_row(rows)
     return rows
 
 
@@ -193,9 +231,13 @@ _HEADER_SBI = (
 )
 
 
-def _format_row(row: Row) -> str:
+def _label(row: Row) -> str:
+    return row.method if row.rounds == 1 else f"{row.method}, {row.rounds} rounds"
+
+
+def _format_row(row: Row, peer: bool | None = None) -> str:
     line = (
-        f"| {row.task} | {row.method} | {row.budget} | {row.observation} | {row.c2st:.3f} | "
+        f"| {row.task} | {_label(row)} | {row.budget} | {row.observation} | {row.c2st:.3f} | "
         f"{row.simulate_s:.2f} | {row.train_s:.1f} | {row.sample_s:.1f} |"
     )
     if row.sbi_c2st is not None:
@@ -203,6 +245,8 @@ def _format_row(row: Row) -> str:
             f" {row.sbi_c2st:.3f} | {row.sbi_train_s:.1f} | {row.sbi_sample_s:.1f} | "
             f"{row.time_ratio:.2f} |"
         )
+    elif peer:
+        line += " – | – | – | – |"
     return line
 
 
@@ -210,24 +254,28 @@ def table(rows: list[Row]) -> str:
     """The rows as a markdown table, then the means over observations."""
     peer = any(r.sbi_c2st is not None for r in rows)
     head = [h + (s if peer else "") for h, s in zip(_HEADER, _HEADER_SBI, strict=True)]
-    lines = [*head, *map(_format_row, rows), "", "Mean over observations:", ""]
-    summary = "| task | method | simulations | C2ST |" + (
-        " sbi C2ST | train + sample s | sbi train + sample s | time ratio |" if peer else ""
+    lines = [*head, *(_format_row(r, peer) for r in rows), "", "Mean over observations:", ""]
+    summary = "| task | method | simulations | C2ST | train + sample s |" + (
+        " sbi C2ST | sbi train + sample s | time ratio |" if peer else ""
     )
     lines += [summary, "|" + " --- |" * (summary.count("|") - 1)]
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
-        groups.setdefault((r.task, r.method, r.budget), []).append(r)
-    for (task, method, budget), group in groups.items():
+        groups.setdefault((r.task, _label(r), r.budget), []).append(r)
+    for (task, label, budget), group in groups.items():
         mean = statistics.fmean
-        line = f"| {task} | {method} | {budget} | {mean(r.c2st for r in group):.3f} |"
-        if peer:
-            ours = group[0].train_s + sum(r.sample_s for r in group)
+        amortised = group[0].rounds == 1  # one training serves every observation
+        ours = sum(r.sample_s for r in group) + (
+            group[0].train_s if amortised else sum(r.train_s for r in group)
+        )
+        line = f"| {task} | {label} | {budget} | {mean(r.c2st for r in group):.3f} | {ours:.1f} |"
+        if peer and group[0].sbi_c2st is not None:
             theirs = group[0].sbi_train_s + sum(r.sbi_sample_s for r in group)
             line += (
-                f" {mean(r.sbi_c2st for r in group):.3f} | {ours:.1f} | {theirs:.1f} | "
-                f"{ours / theirs:.2f} |"
+                f" {mean(r.sbi_c2st for r in group):.3f} | {theirs:.1f} | {ours / theirs:.2f} |"
             )
+        elif peer:
+            line += " – | – | – |"
         lines.append(line)
     return "\n".join(lines)
 
@@ -262,12 +310,18 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["nle"])
     parser.add_argument("--num-simulations", nargs="+", type=int, default=[1000])
     parser.add_argument("--observations", nargs="+", type=int, default=[1])
+    parser.add_argument(
+        "--rounds", nargs="+", type=int, default=[1],
+        help="numbers of rounds (1: amortised; more: sequential rounds per observation)",
+    )  # fmt: skip
     parser.add_argument("--compare", choices=["sbi"], default=None)
     parser.add_argument("--json", default=None, help="write the rows to this file")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
+    if min(args.rounds) < 1:
+        parser.error("--rounds must be at least 1")
     if args.compare == "sbi":
         try:
             import sbi  # noqa: F401
@@ -288,6 +342,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows = run(
         args.tasks, args.methods, args.num_simulations, args.observations,
         compare=args.compare, seed=args.seed, progress=args.progress, on_row=save,
+        rounds=args.rounds,
     )  # fmt: skip
     print()
     print(table(rows))
