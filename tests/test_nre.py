@@ -7,7 +7,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from torch import nn
 
-from pyro_sbi import NRE, SimulatorDistribution, train
+from pyro_sbi import NRE, Ensemble, SimulatorDistribution, train
 
 NOISE, TRIALS = 0.5, 10
 
@@ -116,13 +116,8 @@ def test_observed_site_is_accepted(trained):
     assert math.isfinite(trace.log_prob_sum().item())
 
 
-@pytest.mark.slow
-def test_nuts_matches_closed_form():
-    # Only the default NRE-B: NRE-A and NRE-C miss the 0.25 sd tolerance on the posterior
-    # mean at this seed, and over training seeds every variant scatters around 0.2 sds
-    # (see the NRE docstring).
-    estimator = NRE()
-    assert estimator.variant == "B"
+def _nuts_errors(estimator):
+    """Worst-dimension |mean error| / sd and |sd ratio - 1| of NUTS vs the closed form."""
     model = _model(estimator)
     train(model, num_simulations=10_000, seed=0, progress=False)
     torch.manual_seed(123)
@@ -133,5 +128,22 @@ def test_nuts_matches_closed_form():
     samples = mcmc.get_samples()["theta"]
     precision = 1.0 + TRIALS / NOISE**2
     mean, sd = x_o.sum(0) / NOISE**2 / precision, precision**-0.5
-    assert ((samples.mean(0) - mean).abs() / sd).max() < 0.25
-    assert ((samples.std(0) / sd - 1).abs()).max() < 0.25
+    return ((samples.mean(0) - mean).abs() / sd).max(), ((samples.std(0) / sd - 1).abs()).max()
+
+
+@pytest.mark.slow
+def test_nuts_matches_closed_form():
+    # The default NRE-B alone. NRE-A and NRE-C alone scatter by up to 0.4 posterior sds
+    # over training seeds on this task (see the NRE docstring); their test below
+    # averages five members.
+    estimator = NRE()
+    assert estimator.variant == "B"
+    mean_error, sd_error = _nuts_errors(estimator)
+    assert mean_error < 0.25 and sd_error < 0.25
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["A", "C"])
+def test_nuts_matches_closed_form_with_an_ensemble(variant):
+    mean_error, sd_error = _nuts_errors(Ensemble(lambda: NRE(variant), size=5))
+    assert mean_error < 0.25 and sd_error < 0.25

@@ -10,6 +10,13 @@ draws 10,000 posterior samples of the task's Pyro model with :class:`~pyro_sbi.i
 SliceMCMC` (250 chains × 40 draws after 40 warm-up sweeps, SIR initialisation) and
 scores them by C2ST against the task's reference posterior (0.5 is perfect).
 
+Our NLE uses a masked autoregressive flow (``--flow maf``, the flow of sbi's NLE)
+rather than :class:`~pyro_sbi.NLE`'s default spline flow (``--flow nsf``), both with
+:func:`~pyro_sbi.fit.fit`'s default settings. Measured on one observation, the MAF is
+more accurate on slcp (C2ST 0.78 against 0.85 at 10,000 simulations) and
+gaussian_linear, and 2 to 3 times faster to train and to sample; the spline flow is
+more accurate on the 2-D two_moons (0.56 against 0.63).
+
 With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
 :func:`~pyro_sbi.train`): for each observation a fresh estimator is trained on the same
 total budget split over the rounds, later rounds drawing from the current posterior.
@@ -80,10 +87,18 @@ def _task(name: str):
     return importlib.import_module(f"pyro_sbi.tasks.{name}")
 
 
-def _estimator(method: str):
+FLOWS = ("maf", "nsf")
+
+
+def _estimator(method: str, flow: str = "maf"):
+    """Our estimator: NLE with a zuko `flow` (MAF by default, as sbi's NLE) or NRE-B."""
+    import zuko
+
     from pyro_sbi import NLE, NRE
 
-    return {"nle": NLE, "nre": NRE}[method]()
+    if method == "nle":
+        return NLE({"maf": zuko.flows.MAF, "nsf": zuko.flows.NSF}[flow])
+    return NRE()
 
 
 def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) -> torch.Tensor:
@@ -121,7 +136,7 @@ class _Sbi:
 def run(
     tasks, methods, budgets, observations, *, compare: str | None = None, seed: int = 0,
     progress: bool = False, log=print, on_row=None, num_posterior: int = NUM_POSTERIOR,
-    fit_options: dict | None = None, rounds=(1,),
+    fit_options: dict | None = None, rounds=(1,), flow: str = "maf",
 ) -> list[Row]:  # fmt: skip
     """Runs the benchmark (see the module docstring).
 
@@ -137,6 +152,7 @@ def run(
         on_row: called with the rows so far after each row.
         num_posterior: posterior samples per observation (and reference samples).
         fit_options: options of our estimators' `fit` (defaults otherwise).
+        flow: the flow of our NLE, `"maf"` or `"nsf"`.
         rounds: numbers of rounds; 1 is the amortised estimator, more are sequential
             rounds per observation on the same total budget.
 
@@ -161,7 +177,7 @@ def run(
             for method in methods:
                 if 1 not in rounds:
                     break
-                estimator = _estimator(method)
+                estimator = _estimator(method, flow)
                 start = time.perf_counter()
                 estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
                 train_s = time.perf_counter() - start
@@ -197,7 +213,7 @@ def run(
                 methods, [r for r in rounds if r > 1], observations
             ):
                 x_o = task.observation(i)
-                estimator = _estimator(method)
+                estimator = _estimator(method, flow)
                 start = time.perf_counter()
                 train(
                     task.model, estimator, x_o, num_simulations=budget, rounds=num_rounds,
@@ -314,6 +330,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
         "--rounds", nargs="+", type=int, default=[1],
         help="numbers of rounds (1: amortised; more: sequential rounds per observation)",
     )  # fmt: skip
+    parser.add_argument(
+        "--flow", choices=FLOWS, default="maf", help="the flow of our NLE (default: maf)"
+    )
     parser.add_argument("--compare", choices=["sbi"], default=None)
     parser.add_argument("--json", default=None, help="write the rows to this file")
     parser.add_argument("--seed", type=int, default=0)
@@ -342,7 +361,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows = run(
         args.tasks, args.methods, args.num_simulations, args.observations,
         compare=args.compare, seed=args.seed, progress=args.progress, on_row=save,
-        rounds=args.rounds,
+        rounds=args.rounds, flow=args.flow,
     )  # fmt: skip
     print()
     print(table(rows))
