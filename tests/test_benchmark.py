@@ -51,3 +51,16 @@ def test_benchmark_sequential_rounds_rows():
 def test_benchmark_command_line_refuses_zero_rounds():
     with pytest.raises(SystemExit):
         compare.main(["--rounds", "0"])
+
+
+def test_benchmark_drift_diffusion_takes_mnle_and_skips_nle(monkeypatch):
+    from pyro_sbi.tasks import ddm
+
+    # The exact reference takes a minute (tested in test_tasks); the plumbing is tested here.
+    monkeypatch.setattr(ddm, "reference_posterior", lambda i, n: ddm.prior().sample((n,)))
+    rows = compare.run(
+        ["ddm"], ["nle", "mnle"], [500], [1], seed=0, log=lambda *a, **k: None,
+        num_posterior=250, fit_options={"max_epochs": 2},
+    )  # fmt: skip
+    assert [r.method for r in rows] == ["mnle"]
+    assert 0.45 <= rows[0].c2st <= 1.0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_sbi import c2st
-from pyro_sbi.tasks import gaussian_linear, gaussian_mixture, slcp, two_moons
+from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, slcp, two_moons
 
 
 @pytest.fixture(autouse=True)
@@ -154,3 +154,51 @@ def test_slcp_reference_has_four_equal_modes_and_the_importance_moments():
     sd = (w * (proposals - mean) ** 2).sum(0).sqrt()
     assert ((folded.mean(0) - mean).abs() / sd).max() < 0.2
     assert ((folded.std(0) / sd - 1).abs()).max() < 0.2
+
+
+def test_ddm_observations_are_trials_explained_by_their_true_parameters():
+    for i in range(1, 11):
+        x, theta = ddm.observation(i), ddm.true_parameters(i)
+        assert x.shape == (ddm.TRIALS, 2) and theta.shape == (4,)
+        assert ddm.prior().support.check(theta)
+        rt, choice = x.unbind(-1)
+        assert ((choice == 0) | (choice == 1)).all() and (rt > theta[3]).all()
+        assert torch.isfinite(ddm.log_likelihood(x, theta)).all()
+        p = ddm.ddm_upper_prob(theta)  # binomial check of the share of upper choices
+        z = (choice.sum() - ddm.TRIALS * p) / (ddm.TRIALS * p * (1 - p)).sqrt()
+        assert abs(float(z)) < 4
+    with pytest.raises(ValueError, match="observations 1 to 10"):
+        ddm.observation(0)
+
+
+def test_ddm_observations_come_from_their_seeds():
+    made = ddm._make_observations()
+    for i in (1, 10):
+        assert torch.allclose(torch.tensor(made["true_parameters"][i - 1]), ddm.true_parameters(i))
+        assert torch.allclose(torch.tensor(made["observations"][i - 1]), ddm.observation(i))
+
+
+def test_ddm_model_puts_the_trials_in_a_plate():
+    import pyro
+
+    from pyro_sbi import MNLE
+
+    trace = pyro.poutine.trace(ddm.model).get_trace(MNLE(discrete=[1]), ddm.observation(2))
+    assert trace.nodes["x"]["value"].shape == (ddm.TRIALS, 2)
+    assert trace.nodes["x"]["fn"].batch_shape == (ddm.TRIALS,)
+
+
+@pytest.mark.slow
+def test_ddm_reference_matches_nuts_on_the_exact_likelihood():
+    import pyro
+    from pyro.infer import MCMC, NUTS
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    reference = ddm.reference_posterior(1, 2000)
+    assert reference.shape == (2000, 4)
+    pyro.set_rng_seed(0)
+    start = {"theta": ddm.true_parameters(1)}
+    kernel = NUTS(ddm._exact_model, init_strategy=init_to_value(values=start))
+    mcmc = MCMC(kernel, num_samples=1000, warmup_steps=500, disable_progbar=True)
+    mcmc.run(ddm.observation(1))
+    assert c2st(reference, mcmc.get_samples()["theta"], seed=1) < 0.56

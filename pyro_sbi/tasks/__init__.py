@@ -11,7 +11,11 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
 - :mod:`~pyro_sbi.tasks.two_moons`: bimodal crescent, exact sampling by inversion;
 - :mod:`~pyro_sbi.tasks.gaussian_mixture`: narrow and broad components, exact;
 - :mod:`~pyro_sbi.tasks.slcp`: four symmetric modes, NUTS on the exact likelihood in one
-  mode and the symmetry for the others.
+  mode and the symmetry for the others;
+- :mod:`~pyro_sbi.tasks.ddm`: the drift-diffusion model, 100 i.i.d. trials of a reaction
+  time and a choice per observation (for MNLE), many-chain slice sampling on the exact
+  first-passage-time density. Its ten observations are ours, made from fixed seeds
+  (sbibm has no such task).
 """
 
 from __future__ import annotations

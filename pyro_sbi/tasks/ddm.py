@@ -64,6 +64,16 @@ and the mean decision time is :math:`\mathbb{E}[T] = a (P(c = 1) - w) / v`
 :math:`v \sim \mathcal{U}(-2, 2)`, :math:`a \sim \mathcal{U}(0.5, 2)`,
 :math:`w \sim \mathcal{U}(0.3, 0.7)`, :math:`\tau \sim \mathcal{U}(0.2, 1.8)`.
 
+**As a benchmark task.** An observation is :data:`TRIALS` i.i.d. trials of one
+:math:`\theta`; estimators learn the single-trial likelihood from `simulator` (one
+trial per parameter vector) and the task's Pyro :func:`model` puts the trials in a
+plate. The ten observations are fixed (stored with the package, like the sbibm ones):
+observation :math:`i` has true parameters drawn from the prior with seed :math:`i` and
+its trials simulated with seed :math:`1000 + i`. The reference posterior of
+observation :math:`i` is drawn by :class:`~pyro_sbi.SliceMCMC` on the **exact**
+likelihood (:class:`DriftDiffusion`), 250 chains started by sampling-importance-
+resampling from 10⁵ prior draws, 300 warm-up sweeps each; the posterior is unimodal.
+
 References:
     | Fast and accurate calculations for first-passage times in Wiener diffusion models
       (Navarro & Fuss, 2009), Journal of Mathematical Psychology 53:222–230
@@ -85,12 +95,21 @@ from __future__ import annotations
 __all__ = [
     "HIGH",
     "LOW",
+    "NAME",
     "NAMES",
+    "TRIALS",
     "DriftDiffusion",
     "ddm_log_prob",
     "ddm_upper_prob",
+    "log_likelihood",
+    "model",
+    "observation",
     "prior",
+    "reference_posterior",
+    "sample_posterior",
     "simulate_ddm",
+    "simulator",
+    "true_parameters",
 ]
 
 import math
@@ -102,6 +121,10 @@ from torch import Size, Tensor
 from torch.distributions import constraints
 from torch.distributions.utils import broadcast_all
 
+NAME = "ddm"
+TRIALS = 100  # i.i.d. trials per benchmark observation
+MIXED = True  # (continuous reaction time, discrete choice): for MNLE, not NLE
+SIR_CANDIDATES = 100_000  # at most, for samplers' SIR starts: each draw costs TRIALS terms
 NAMES = ("v", "a", "w", "tau")
 LOW = (-2.0, 0.5, 0.3, 0.2)
 HIGH = (2.0, 2.0, 0.7, 1.8)
@@ -442,3 +465,84 @@ class DriftDiffusion(TorchDistribution):
         shape = Size(sample_shape) + self.batch_shape
         with torch.no_grad():
             return simulate_ddm(self.theta.expand(shape + (4,)))
+
+
+def simulator(theta: Tensor) -> Tensor:
+    """`theta (n, 4) -> x (n, 2)`: one `(rt, choice)` trial per parameter vector.
+
+    Example:
+        >>> simulator(prior().sample((3,))).shape
+        torch.Size([3, 2])
+    """
+    return simulate_ddm(theta)
+
+
+def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
+    r"""The exact single-trial :math:`\log p(x \mid \theta)`, `x (*, 2)`, `theta (*, 4)`."""
+    return ddm_log_prob(x, theta)
+
+
+def model(estimator, x: Tensor | None = None) -> Tensor:
+    """The task as a Pyro model: `theta` from the prior, `x (TRIALS, 2)` i.i.d. trials."""
+    import pyro
+
+    from pyro_sbi import SimulatorDistribution
+
+    theta = pyro.sample("theta", prior())
+    with pyro.plate("trials", TRIALS if x is None else len(x), dim=-1):
+        return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)
+
+
+def observation(i: int) -> Tensor:
+    """Observation `i` (1 to 10): `(TRIALS, 2)` trials (see the module docs)."""
+    from pyro_sbi.tasks._common import observations
+
+    return observations(NAME, i)[0]
+
+
+def true_parameters(i: int) -> Tensor:
+    """The parameters that generated observation `i`, shape `(4,)`."""
+    from pyro_sbi.tasks._common import observations
+
+    return observations(NAME, i)[1]
+
+
+def _exact_model(x: Tensor) -> None:
+    import pyro
+
+    theta = pyro.sample("theta", prior())
+    with pyro.plate("trials", len(x), dim=-1):
+        pyro.sample("x", DriftDiffusion(*theta.unbind(-1)), obs=x)
+
+
+def sample_posterior(x: Tensor, num_samples: int, *, seed: int = 0) -> Tensor:
+    """`(num_samples, 4)` posterior draws for trials `x (n, 2)`, on the exact likelihood."""
+    from pyro_sbi.infer import SliceMCMC
+
+    chains = 250
+    mcmc = SliceMCMC(
+        _exact_model, num_samples=-(-num_samples // chains), num_chains=chains,
+        warmup_steps=300, seed=seed, progress=False, max_candidates=SIR_CANDIDATES,
+    )  # fmt: skip
+    return mcmc.run(x).get_samples()["theta"][:num_samples]
+
+
+def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
+    """`(num_samples, 4)` reference posterior draws for observation `i`, cached on disk."""
+    from pyro_sbi.tasks._common import cached_reference
+
+    return cached_reference(
+        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
+    )
+
+
+def _make_observations() -> dict:
+    """The stored observations: how `observations.json["ddm"]` was made."""
+    thetas, trials = [], []
+    for i in range(1, 11):
+        torch.manual_seed(i)
+        theta = prior().sample()
+        torch.manual_seed(1000 + i)
+        thetas.append(theta.tolist())
+        trials.append(simulate_ddm(theta.expand(TRIALS, 4)).tolist())
+    return {"observations": trials, "true_parameters": thetas}
