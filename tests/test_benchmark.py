@@ -56,7 +56,11 @@ def test_benchmark_command_line_refuses_zero_rounds():
 def test_benchmark_drift_diffusion_takes_mnle_and_skips_nle(monkeypatch):
     from pyro_sbi.tasks import ddm
 
-    # The exact reference takes a minute (tested in test_tasks); the plumbing is tested here.
+    # The exact reference takes a minute (tested in test_tasks) and 100 trials make each
+    # likelihood evaluation costly: the plumbing is tested on 10 trials and prior draws.
+    observation = ddm.observation
+    monkeypatch.setattr(ddm, "observation", lambda i: observation(i)[:10])
+    monkeypatch.setattr(ddm, "SIR_CANDIDATES", 10_000)
     monkeypatch.setattr(ddm, "reference_posterior", lambda i, n: ddm.prior().sample((n,)))
     rows = compare.run(
         ["ddm"], ["nle", "mnle"], [500], [1], seed=0, log=lambda *a, **k: None,
