@@ -12,7 +12,7 @@ Pyro model with a learned likelihood (NLE). The script then
    statistics) and with simulation-based calibration (rank ECDFs, expected coverage),
    running the SBC data sets on two worker processes.
 
-    python examples/model_checking.py               # a few minutes on 2 CPU cores
+    python examples/model_checking.py               # about 8 minutes on 2 CPU cores
     python examples/model_checking.py --smoke-test  # seconds, for the tests
 """
 
