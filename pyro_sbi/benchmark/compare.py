@@ -52,6 +52,7 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
+from torch import Tensor
 
 TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
 METHODS = ("nle", "nre", "mnle")
@@ -111,12 +112,17 @@ def _applies(task, method: str) -> bool:
     return method == "nre" or (method == "mnle") == mixed
 
 
+def _sir_cap(task) -> int:
+    """The most prior draws SIR may weight for `task` (fewer where each draw is costly)."""
+    return getattr(task, "SIR_CANDIDATES", 1_000_000)
+
+
 def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) -> torch.Tensor:
     from pyro_sbi.infer import SliceMCMC
 
     mcmc = SliceMCMC(
         task.model, num_samples=math.ceil(num / 250), num_chains=250, warmup_steps=40,
-        seed=seed, progress=progress, max_candidates=getattr(task, "SIR_CANDIDATES", 1_000_000),
+        seed=seed, progress=progress, max_candidates=_sir_cap(task),
     )  # fmt: skip
     return mcmc.run(estimator, x).get_samples()["theta"][:num]
 
@@ -175,21 +181,37 @@ def run(
     from pyro_sbi import c2st, simulate, train
 
     rows = []
+
+    def emit(row: Row) -> None:
+        rows.append(row)
+        log(_format_row(row, compare == "sbi"), flush=True)
+        if on_row is not None:
+            on_row(rows)
+
+    def score(task, estimator, i: int, seed: int) -> tuple[float, float, Tensor]:
+        """C2ST of our posterior for observation `i`, its sampling seconds, the reference."""
+        reference = task.reference_posterior(i, num_posterior)
+        start = time.perf_counter()
+        samples = _posterior_samples(task, estimator, task.observation(i), seed, progress,
+                                     num_posterior)  # fmt: skip
+        sample_s = time.perf_counter() - start
+        return float(c2st(samples, reference, seed=i)), sample_s, reference
+
     for task_name in tasks:
         task = _task(task_name)
         for budget in budgets:
             run_seed = seed + 1000 * budget + TASKS.index(task_name)
-            torch.manual_seed(run_seed)
-            theta = task.prior().sample((budget,))
-            start = time.perf_counter()
-            sims = simulate(
-                task.simulator, theta, seed=run_seed, batch_size=budget, progress=False
-            )
-            simulate_s = time.perf_counter() - start
-            theta, x = sims.valid()
-            for method in methods:
-                if 1 not in rounds or not _applies(task, method):
-                    continue
+            amortised = [m for m in methods if _applies(task, m)] if 1 in rounds else []
+            if amortised:  # one set of simulations serves every amortised estimator
+                torch.manual_seed(run_seed)
+                theta = task.prior().sample((budget,))
+                start = time.perf_counter()
+                sims = simulate(
+                    task.simulator, theta, seed=run_seed, batch_size=budget, progress=False
+                )
+                simulate_s = time.perf_counter() - start
+                theta, x = sims.valid()
+            for method in amortised:
                 estimator = _estimator(method, flow)
                 start = time.perf_counter()
                 estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
@@ -201,55 +223,31 @@ def run(
                     peer.train(theta, x)
                     sbi_train_s = time.perf_counter() - start
                 for i in observations:
-                    x_o = task.observation(i)
-                    reference = task.reference_posterior(i, num_posterior)
-                    start = time.perf_counter()
-                    samples = _posterior_samples(
-                        task, estimator, x_o, run_seed + i, progress, num_posterior
-                    )
-                    sample_s = time.perf_counter() - start
-                    row = Row(
-                        task_name, method, budget, i, float(c2st(samples, reference, seed=i)),
-                        simulate_s, train_s, sample_s,
-                    )  # fmt: skip
+                    c2st_, sample_s, reference = score(task, estimator, i, run_seed + i)
+                    row = Row(task_name, method, budget, i, c2st_, simulate_s, train_s, sample_s)
                     if peer is not None:
                         start = time.perf_counter()
-                        theirs = peer.sample(x_o, run_seed + i, num_posterior)
+                        theirs = peer.sample(task.observation(i), run_seed + i, num_posterior)
                         row.sbi_sample_s = time.perf_counter() - start
                         row.sbi_train_s = sbi_train_s
                         row.sbi_c2st = float(c2st(theirs, reference, seed=i))
-                    rows.append(row)
-                    log(_format_row(row), flush=True)
-                    if on_row is not None:
-                        on_row(rows)
+                    emit(row)
             for method, num_rounds, i in itertools.product(
                 methods, [r for r in rounds if r > 1], observations
             ):
                 if not _applies(task, method):
                     continue
-                x_o = task.observation(i)
                 estimator = _estimator(method, flow)
                 start = time.perf_counter()
                 train(
-                    task.model, estimator, x_o, num_simulations=budget, rounds=num_rounds,
-                    seed=run_seed + i, progress=progress, fit_options=fit_options,
-                    sampler_options={"max_candidates": getattr(task, "SIR_CANDIDATES", 10**6)},
+                    task.model, estimator, task.observation(i), num_simulations=budget,
+                    rounds=num_rounds, seed=run_seed + i, progress=progress,
+                    fit_options=fit_options, sampler_options={"max_candidates": _sir_cap(task)},
                 )  # fmt: skip
                 train_s = time.perf_counter() - start
-                start = time.perf_counter()
-                samples = _posterior_samples(
-                    task, estimator, x_o, run_seed + i, progress, num_posterior
-                )
-                sample_s = time.perf_counter() - start
-                reference = task.reference_posterior(i, num_posterior)
-                row = Row(
-                    task_name, method, budget, i, float(c2st(samples, reference, seed=i)),
-                    0.0, train_s, sample_s, rounds=num_rounds,
-                )  # fmt: skip
-                rows.append(row)
-                log(_format_row(row, compare == "sbi"), flush=True)
-                if on_row is not None:
-                    on_row(rows)
+                c2st_, sample_s, _ = score(task, estimator, i, run_seed + i)
+                emit(Row(task_name, method, budget, i, c2st_, 0.0, train_s, sample_s,
+                         rounds=num_rounds))  # fmt: skip
     return rows
 
 
