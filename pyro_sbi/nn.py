@@ -28,6 +28,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import zuko
@@ -119,9 +120,12 @@ class Estimator(nn.Module):
         x_shape: the simulator's output shape, `None` before the first fit.
         theta_dim: the number of parameters `D`, `None` before the first fit.
         normalized: whether :meth:`log_prob` is a normalised density in `x`.
+        fit_defaults: options of :func:`pyro_sbi.fit.fit` that this kind of estimator
+            trains with unless :meth:`fit` is given others.
     """
 
     normalized: bool = True
+    fit_defaults: ClassVar[dict] = {}
 
     def __init__(self, *, z_score: bool = True) -> None:
         super().__init__()
@@ -240,7 +244,8 @@ class Estimator(nn.Module):
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs for those parameters.
             options: options of :func:`pyro_sbi.fit.fit` (`max_epochs`, `batch_size`,
-                `learning_rate`, `patience`, `seed`, `device`, `progress`, ...).
+                `learning_rate`, `patience`, `seed`, `device`, `progress`, ...); they
+                override :attr:`fit_defaults`.
 
         Returns:
             The training :class:`~pyro_sbi.fit.History`.
@@ -253,7 +258,7 @@ class Estimator(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.build(theta, x)
-        history = fit(self, theta, x, **options)
+        history = fit(self, theta, x, **{**self.fit_defaults, **options})
         self.num_simulations = len(theta)
         self.requires_grad_(False)
         self.eval()

@@ -1,7 +1,10 @@
+import sys
+
+import pytest
 import torch
 import zuko
 
-from pyro_sbi import NLE, fit
+from pyro_sbi import NLE, NRE, fit
 
 
 def pairs(n):
@@ -28,3 +31,52 @@ def test_early_stopping_keeps_the_best_epoch():
     assert history.stopped_early and history.epochs < 200
     assert history.best_validation_loss == min(history.validation_loss)
     assert history.best_epoch < history.epochs - 1
+
+
+class _Drift(torch.nn.Module):
+    """loss = -w: Adam moves w by exactly the learning rate at every step."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+
+    def loss(self, theta, x):
+        return -self.w + 0.0 * theta.sum()
+
+
+def test_average_keeps_the_moving_average_of_the_iterates():
+    theta = torch.zeros(110, 1)
+    estimator, beta, lr = _Drift(), 0.9, 0.01
+    history = fit(
+        estimator, theta, theta, average=beta, learning_rate=lr, batch_size=10, max_epochs=3,
+        clip_norm=None, lr_decay=1.0, progress=False, seed=0,
+    )  # fmt: skip
+    steps = 3 * 10  # 100 training pairs in batches of 10, for 3 epochs
+    expected = lr  # the first step is copied, then w_bar <- beta w_bar + (1 - beta) w_t
+    for t in range(2, steps + 1):
+        expected = beta * expected + (1 - beta) * lr * t
+    assert history.best_epoch == 2  # the loss falls at every epoch
+    assert abs(estimator.w.item() - expected) < 1e-5
+    assert estimator.w.item() < lr * steps - 0.05  # not the last iterate
+
+
+def test_average_must_be_below_one():
+    theta, x = pairs(50)
+    with pytest.raises(ValueError, match="average"):
+        fit(NLE(), theta, x, average=1.0, progress=False)
+
+
+def test_an_estimators_fit_defaults_yield_to_explicit_options(monkeypatch):
+    module = sys.modules["pyro_sbi.fit"]  # `pyro_sbi.fit` the attribute is the function
+    original, seen = module.fit, {}
+
+    def spy(estimator, theta, x, **options):
+        seen.update(options)
+        return original(estimator, theta, x, **options)
+
+    monkeypatch.setattr(module, "fit", spy)
+    theta, x = pairs(100)
+    NRE().fit(theta, x, max_epochs=1, progress=False)
+    assert seen["average"] == NRE.fit_defaults["average"] > 0
+    NRE().fit(theta, x, max_epochs=1, progress=False, average=0.0)
+    assert seen["average"] == 0.0
