@@ -19,13 +19,14 @@ first-passage-time density (Navarro & Fuss, 2009) gives the exact reference: the
 posteriors are compared with C2ST on the group-level parameters and in a parameter
 recovery table.
 
-    python examples/ddm_hierarchical.py               # 10 to 15 minutes on 2 CPU cores
+    python examples/ddm_hierarchical.py               # about 10 minutes on 2 CPU cores
     python examples/ddm_hierarchical.py --smoke-test  # seconds, for the tests
 """
 
 import argparse
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: no OpenMP spin-waiting
@@ -39,7 +40,7 @@ import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
 from pyro import poutine  # noqa: E402
 from pyro.infer import MCMC, NUTS  # noqa: E402
-from pyro.infer.autoguide import init_to_value  # noqa: E402
+from pyro.ops.stats import split_gelman_rubin  # noqa: E402
 
 from pyro_sbi import MNLE, SimulatorDistribution, c2st, train  # noqa: E402
 from pyro_sbi.tasks import ddm  # noqa: E402
@@ -89,24 +90,54 @@ def make_model(likelihood: MNLE | None, counts: torch.Tensor):
     return model
 
 
-def run_nuts(
-    model, x_obs, samples: int, warmup: int, seed: int, progress: bool
-) -> tuple[dict, float]:
-    """NUTS from the group's prior location with a small non-decision time.
+def starting_points(chains: int, subjects: int) -> list[dict]:
+    """Spread-out starting points of NUTS chains, on each site's unconstrained scale.
 
     The exact likelihood is zero wherever tau exceeds a subject's fastest reaction time,
-    so chains start at tau = 0.3 s, below every subject's fastest trial.
+    so every chain starts at tau = 0.3 s, below every subject's fastest trial; the
+    other parameters start at different places around the middle of the prior box.
     """
+    points = []
+    for c in range(chains):
+        shift = (c / max(chains - 1, 1) - 0.5) * torch.tensor([1.0, 1.0, 1.0, 0.0])
+        mu = unconstrain(torch.tensor([0.0, 1.25, 0.5, 0.3])) + shift
+        sigma = SPREAD_SCALE * (0.75 - 0.5 * c / max(chains - 1, 1))
+        points.append({"mu": mu, "sigma": sigma.log(), "u": mu.expand(subjects, 4)})
+    return points
+
+
+def run_chain(
+    likelihood: MNLE | None, counts, x_obs, start: dict, seed: int, **options
+) -> tuple[dict, int, float]:
+    """One NUTS chain from `start` (run in a worker process).
+
+    `options` are `num_samples`, `warmup_steps` and NUTS's `max_tree_depth`.
+
+    Returns:
+        The draws, the number of divergent transitions, and the seconds.
+    """
+    torch.set_num_threads(1)
     pyro.set_rng_seed(seed)
-    mu = unconstrain(torch.tensor([0.0, 1.25, 0.5, 0.3]))
-    start_at = {"mu": mu, "sigma": SPREAD_SCALE / 2, "u": mu.expand(x_obs.shape[1], 4)}
-    start = time.perf_counter()
-    kernel = NUTS(model, init_strategy=init_to_value(values=start_at))
-    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=not progress)
+    began = time.perf_counter()
+    depth = options.pop("max_tree_depth")
+    kernel = NUTS(make_model(likelihood, counts), max_tree_depth=depth)
+    mcmc = MCMC(kernel, initial_params=start, disable_progbar=True, **options)
     mcmc.run(x_obs)
-    draws = mcmc.get_samples()
+    divergent = sum(len(d) for d in mcmc.diagnostics()["divergences"].values())
+    return mcmc.get_samples(), divergent, time.perf_counter() - began
+
+
+def combine(chains: list[tuple[dict, int, float]]) -> dict:
+    """Pools the draws of several chains; adds theta, the group-level R-hat and totals."""
+    draws = {k: torch.cat([c[0][k] for c in chains]) for k in chains[0][0]}
     draws["theta"] = constrain(draws["u"])
-    return draws, time.perf_counter() - start
+    group = torch.stack([torch.cat([c[0]["mu"], c[0]["sigma"]], -1) for c in chains])
+    return {
+        "draws": draws,
+        "r_hat": float(split_gelman_rubin(group, chain_dim=0, sample_dim=1).max()),
+        "divergent": sum(c[1] for c in chains),
+        "seconds": sum(c[2] for c in chains),
+    }
 
 
 def main() -> None:
@@ -119,11 +150,12 @@ def main() -> None:
     progress = not args.smoke_test
     if args.smoke_test:
         counts, simulations, samples, warmup = torch.tensor([20, 12]), 2000, 20, 20
-        fit_options = {"max_epochs": 3}
+        fit_options, depth = {"max_epochs": 3}, 4  # an untrained surrogate: short trees
     else:
         counts = torch.tensor([100, 60, 140, 80, 120])  # ragged: trials per subject
-        simulations, samples, warmup = 100_000, 1000, 500
-        fit_options = {"batch_size": 512}
+        simulations, samples, warmup = 100_000, 400, 300  # per chain
+        fit_options, depth = {"batch_size": 512}, 10
+    chains = 2  # per likelihood; the four chains run in two worker processes
     subjects, trials = len(counts), int(counts.max())
 
     # Data from the real simulator at known subject parameters; each subject's trials
@@ -150,14 +182,36 @@ def main() -> None:
     )
     train_seconds = time.perf_counter() - start
 
-    exact, exact_seconds = run_nuts(
-        make_model(None, counts), x_obs, samples, warmup, args.seed + 1, progress
-    )
-    learned, learned_seconds = run_nuts(surrogate, x_obs, samples, warmup, args.seed + 1, progress)
+    # NUTS with both likelihoods, `chains` chains each, on two cores at once.
+    print(f"NUTS: {chains} chains x ({warmup} warm-up + {samples} draws) per likelihood")
+    nuts = {"num_samples": samples, "warmup_steps": warmup, "max_tree_depth": depth}
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        jobs = {
+            name: [
+                pool.submit(run_chain, fn, counts, x_obs, point, args.seed + c, **nuts)
+                for c, point in enumerate(starting_points(chains, subjects))
+            ]
+            for name, fn in (("MNLE", likelihood), ("analytic", None))
+        }
+        runs = {}
+        for name, chain in jobs.items():
+            results = []
+            for c, job in enumerate(chain):
+                results.append(job.result())
+                print(f"  {name} chain {c + 1} done in {results[-1][2]:.0f} s", flush=True)
+            runs[name] = combine(results)
+    nuts_seconds = time.perf_counter() - start
+    learned, exact = runs["MNLE"]["draws"], runs["analytic"]["draws"]
     print(
         f"\nsimulation + training {train_seconds:.0f} s ({simulations} simulations); NUTS "
-        f"{learned_seconds:.0f} s with MNLE, {exact_seconds:.0f} s with the analytic likelihood"
+        f"{nuts_seconds:.0f} s on two cores"
     )
+    for name, run in runs.items():
+        print(
+            f"{name:>8}: NUTS {run['seconds']:.0f} s of chain time, largest R-hat of the "
+            f"group-level parameters {run['r_hat']:.3f}, {run['divergent']} divergent transitions"
+        )
 
     group = ["mu", "sigma"]
     a = torch.cat([exact[k] for k in group], -1)
