@@ -19,7 +19,7 @@ first-passage-time density (Navarro & Fuss, 2009) gives the exact reference: the
 posteriors are compared with C2ST on the group-level parameters and in a parameter
 recovery table.
 
-    python examples/ddm_hierarchical.py               # about 10 minutes on 2 CPU cores
+    python examples/ddm_hierarchical.py               # about 9 minutes on 2 CPU cores
     python examples/ddm_hierarchical.py --smoke-test  # seconds, for the tests
 """
 
