@@ -198,7 +198,7 @@ def test_ddm_reference_matches_nuts_on_the_exact_likelihood():
     assert reference.shape == (2000, 4)
     pyro.set_rng_seed(0)
     start = {"theta": ddm.true_parameters(1)}
-    kernel = NUTS(ddm._exact_model, init_strategy=init_to_value(values=start))
+    kernel = NUTS(ddm.model, init_strategy=init_to_value(values=start))
     mcmc = MCMC(kernel, num_samples=1000, warmup_steps=500, disable_progbar=True)
-    mcmc.run(ddm.observation(1))
+    mcmc.run(None, ddm.observation(1))  # estimator None: the exact likelihood
     assert c2st(reference, mcmc.get_samples()["theta"], seed=1) < 0.56

@@ -483,14 +483,22 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
 
 
 def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (TRIALS, 2)` i.i.d. trials."""
+    """The task as a Pyro model: `theta` from the prior, `x (TRIALS, 2)` i.i.d. trials.
+
+    The trials' likelihood is `estimator`'s; with `estimator=None` it is the exact
+    first-passage-time density (:class:`DriftDiffusion`).
+    """
     import pyro
 
     from pyro_sbi import SimulatorDistribution
 
     theta = pyro.sample("theta", prior())
     with pyro.plate("trials", TRIALS if x is None else len(x), dim=-1):
-        return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)
+        if estimator is None:
+            fn = DriftDiffusion(*theta.unbind(-1))
+        else:
+            fn = SimulatorDistribution(simulator, theta, estimator)
+        return pyro.sample("x", fn, obs=x)
 
 
 def observation(i: int) -> Tensor:
@@ -507,24 +515,16 @@ def true_parameters(i: int) -> Tensor:
     return observations(NAME, i)[1]
 
 
-def _exact_model(x: Tensor) -> None:
-    import pyro
-
-    theta = pyro.sample("theta", prior())
-    with pyro.plate("trials", len(x), dim=-1):
-        pyro.sample("x", DriftDiffusion(*theta.unbind(-1)), obs=x)
-
-
 def sample_posterior(x: Tensor, num_samples: int, *, seed: int = 0) -> Tensor:
     """`(num_samples, 4)` posterior draws for trials `x (n, 2)`, on the exact likelihood."""
     from pyro_sbi.infer import SliceMCMC
 
     chains = 250
     mcmc = SliceMCMC(
-        _exact_model, num_samples=-(-num_samples // chains), num_chains=chains,
+        model, num_samples=-(-num_samples // chains), num_chains=chains,
         warmup_steps=300, seed=seed, progress=False, max_candidates=SIR_CANDIDATES,
     )  # fmt: skip
-    return mcmc.run(x).get_samples()["theta"][:num_samples]
+    return mcmc.run(None, x).get_samples()["theta"][:num_samples]
 
 
 def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
