@@ -1,4 +1,8 @@
-r"""A complete ArviZ `InferenceData` for a Pyro model with simulator sites.
+r"""A complete ArviZ data object for a Pyro model with simulator sites.
+
+With ArviZ 0.x it is an `arviz.InferenceData`; with ArviZ 1.x (Python >= 3.12) an
+`xarray.DataTree`, ArviZ's own object there. The groups, dims and coordinates are the
+same on both, and `az.summary`, `az.loo`, `az.compare` and ArviZ's plots take either.
 
 `az.from_pyro` drops the pointwise log-likelihood of plated models with event
 dimensions and draws posterior predictions from nowhere for a simulator site.
@@ -40,6 +44,7 @@ from pyro.infer import MCMC
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
+from pyro_sbi._arviz import from_dict
 from pyro_sbi.distribution import SimulatorDistribution
 from pyro_sbi.infer import SliceMCMC, _pad
 
@@ -57,7 +62,7 @@ def to_inference_data(
     validity_threshold: float = 0.01,
     **kwargs,
 ):
-    r"""Builds an ArviZ `InferenceData` from posterior draws of `model(*args, **kwargs)`.
+    r"""Builds ArviZ's data object from posterior draws of `model(*args, **kwargs)`.
 
     Arguments:
         posterior: a finished :class:`pyro.infer.MCMC` or :class:`~pyro_sbi.SliceMCMC`
@@ -77,7 +82,10 @@ def to_inference_data(
         kwargs: the model's keyword arguments.
 
     Returns:
-        An `arviz.InferenceData` with dims named after the model's plates.
+        An `arviz.InferenceData` (ArviZ 0.x) or an `xarray.DataTree` (ArviZ 1.x) with
+        dims named after the model's plates. Draws of a run with more chains than draws
+        (e.g. :class:`~pyro_sbi.SliceMCMC` with 250 chains of 40 draws) keep their
+        `(chain, draw)` layout, so ArviZ's warning about that layout is not raised.
 
     Example:
         >>> import pyro.distributions as dist
@@ -86,13 +94,11 @@ def to_inference_data(
         ...     with pyro.plate("trials", 3):
         ...         pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
         >>> idata = to_inference_data({"mu": torch.randn(100)}, model, torch.zeros(3))
-        >>> sorted(idata.groups())
-        ['log_likelihood', 'observed_data', 'posterior', 'posterior_predictive']
+        >>> [group in idata for group in ("posterior", "log_likelihood", "prior")]
+        [True, True, False]
         >>> idata.log_likelihood["y"].dims
         ('chain', 'draw', 'trials')
     """
-    import arviz as az
-
     samples, stats = _posterior_draws(posterior)
     chains, draws = next(iter(samples.values())).shape[:2]
     base = _base_trace(model, args, kwargs)
@@ -173,16 +179,7 @@ def to_inference_data(
                 "proposal covering the posterior",
                 stacklevel=2,
             )
-    return _from_dict(az, groups, coords, dims)
-
-
-def _from_dict(az, groups: dict, coords: dict, dims: dict):
-    """`az.from_dict` for ArviZ 0.x (groups as keywords) and 1.x (`arviz_base`)."""
-    if int(az.__version__.split(".")[0]) >= 1:
-        from arviz_base import from_dict
-
-        return from_dict(groups, coords=coords, dims=dims)
-    return az.from_dict(**groups, coords=coords, dims=dims)
+    return from_dict(groups, coords, dims)
 
 
 def _posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:

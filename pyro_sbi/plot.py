@@ -3,7 +3,7 @@ r"""Plots of posteriors and diagnostics (matplotlib; ArviZ's own plots where it 
 - :func:`pair_plot`: pairwise scatter and marginal histograms of posterior draws, with
   an optional reference (e.g. a reference posterior or the true parameters);
 - :func:`plot_sbc`: ECDF differences of SBC ranks with simultaneous 95 % bands
-  (`arviz.plot_ecdf`, Säilynoja et al. 2022);
+  (the bands computed by ArviZ, 0.x or 1.x; Säilynoja et al. 2022);
 - :func:`plot_coverage`: expected coverage against the nominal level;
 - :func:`plot_ppc`: posterior predictive statistics against the observed ones;
 - :func:`plot_history`: training and validation losses.
@@ -107,8 +107,7 @@ def plot_sbc(result, *, columns: int = 4):
     Returns:
         The matplotlib `Figure`.
     """
-    import arviz as az
-    from scipy.stats import uniform
+    from pyro_sbi._arviz import ecdf_band
 
     plt = _pyplot()
     p = len(result.names)
@@ -119,12 +118,15 @@ def plot_sbc(result, *, columns: int = 4):
     p_values = result.p_values()
     for j, name in enumerate(result.names):
         ax = axes.flat[j]
-        az.plot_ecdf(
-            u[:, j], cdf=uniform(0, 1).cdf, difference=True, confidence_bands=True, ax=ax,
-            rvs=uniform(0, 1).rvs, random_state=0,
-        )  # fmt: skip
+        points, ecdf, lower, upper = ecdf_band(u[:, j], 0.95)
+        ax.fill_between(points, lower - points, upper - points, step="post", color="C0",
+                        alpha=0.2, label="95% band")  # fmt: skip
+        ax.step(points, ecdf - points, where="post", color="C0")
+        ax.axhline(0.0, color="k", linewidth=0.5)
         ax.set_title(f"{name} (p = {p_values[name]:.2f})", fontsize="small")
         ax.set_xlabel("fractional rank")
+        if j % columns == 0:
+            ax.set_ylabel("ECDF − uniform CDF")
     for ax in list(axes.flat)[p:]:
         ax.axis("off")
     figure.suptitle(f"SBC: {len(result.ranks)} data sets, {result.num_draws} draws each")

@@ -13,6 +13,7 @@ import zuko
 from pyro.infer import MCMC, NUTS
 
 from pyro_sbi import NLE, NRE, SimulatorDistribution, to_inference_data, train
+from pyro_sbi._arviz import ARVIZ_MAJOR, group_names, loo_estimates
 from pyro_sbi.diagnostics import outside_training, ppc
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
@@ -47,7 +48,7 @@ def quickstart():
 
 def test_every_group_with_plate_dims(quickstart):
     module, mcmc, x_obs, idata, _ = quickstart
-    groups = set(idata.groups())
+    groups = set(group_names(idata))
     assert groups == {
         "posterior", "sample_stats", "log_likelihood", "posterior_predictive",
         "observed_data", "prior", "prior_predictive",
@@ -87,9 +88,14 @@ def test_posterior_predictive_comes_from_the_real_simulator(quickstart):
 
 def test_loo_runs_and_sums_to_the_pointwise_log_likelihood(quickstart):
     *_, idata = quickstart[:4]
-    loo = az.loo(idata, pointwise=True)
-    assert np.isfinite(loo.elpd_loo)
-    assert loo.loo_i.shape == idata.log_likelihood["x"].shape[2:]
+    elpd, p_loo, pointwise = loo_estimates(az.loo(idata, pointwise=True))
+    log_lik = idata.log_likelihood["x"].values.astype(np.float64)  # (chain, draw, trials, subjects)
+    assert pointwise.shape == log_lik.shape[2:]
+    assert np.isclose(pointwise.sum(), elpd)
+    # elpd_loo = lppd - p_loo, lppd the log of the posterior mean likelihood per trial
+    flat = log_lik.reshape(-1, *log_lik.shape[2:])
+    lppd = (np.logaddexp.reduce(flat, axis=0) - np.log(len(flat))).sum()
+    assert np.isclose(elpd + p_loo, lppd, rtol=1e-6)
 
 
 def test_ppc_p_values(quickstart):
@@ -129,7 +135,8 @@ def test_nre_site_is_left_out_of_the_log_likelihood_with_a_warning():
     x = model()
     with pytest.warns(UserWarning, match="not a normalised likelihood"):
         idata = to_inference_data({"theta": torch.randn(20, 2)}, model, x)
-    assert "log_likelihood" not in idata.groups() and "posterior_predictive" in idata.groups()
+    assert "log_likelihood" not in group_names(idata)
+    assert "posterior_predictive" in group_names(idata)
 
 
 def test_posterior_outside_the_training_region_warns():
@@ -152,3 +159,49 @@ def test_posterior_outside_the_training_region_warns():
         UserWarning, match="50.0% of the posterior draws put its parameters outside"
     ):
         to_inference_data(half, model, x, posterior_predictive=False)
+
+
+def test_returns_arvizs_own_object_for_the_installed_version(quickstart):
+    *_, idata = quickstart[:4]
+    if ARVIZ_MAJOR >= 1:
+        import xarray as xr
+
+        assert isinstance(idata, xr.DataTree)
+    else:
+        assert isinstance(idata, az.InferenceData)
+
+
+def test_arviz_summary_compare_and_plots_take_it(quickstart):
+    import matplotlib.pyplot as plt
+
+    module, mcmc, _, idata, _ = quickstart
+    summary = az.summary(idata, var_names=["mu"], kind="stats")
+    assert np.isclose(float(summary["mean"].iloc[0]), float(mcmc.get_samples()["mu"].mean()),
+                      atol=0.01)  # fmt: skip
+    comparison = az.compare({"a": idata, "b": idata})
+    assert len(comparison) == 2
+    az.plot_trace(idata, var_names=["mu"])
+    az.plot_forest(idata, var_names=["mu"])
+    plt.close("all")
+
+
+def tractable_model(y=None):
+    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+    with pyro.plate("trials", 5):
+        return pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+
+def test_many_chains_of_few_draws_keep_their_layout_without_a_warning():
+    import warnings
+
+    from pyro_sbi import SliceMCMC
+
+    y = torch.zeros(5)
+    run = SliceMCMC(tractable_model, num_samples=4, warmup_steps=5, num_chains=30, seed=0,
+                    progress=False)  # fmt: skip
+    run.run(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idata = to_inference_data(run, tractable_model, y)
+    assert idata.posterior["mu"].shape == (30, 4)
+    assert idata.posterior["mu"].dims == ("chain", "draw")
