@@ -46,6 +46,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_sbi.fit import History
 from pyro_sbi.nn import _BUFFERS, Estimator, EstimatorDistribution
+from pyro_sbi.simulate import _as_count
 
 
 class Ensemble(Estimator):
@@ -77,8 +78,7 @@ class Ensemble(Estimator):
 
     def __init__(self, build: Callable[[], Estimator], size: int = 5) -> None:
         super().__init__()
-        if size < 1:
-            raise ValueError(f"Ensemble: size must be a positive integer; got {size}")
+        size = _as_count(size, "Ensemble: size")
         members = [build() for _ in range(size)]
         kinds = {type(member) for member in members}
         if not all(isinstance(member, Estimator) for member in members) or len(kinds) > 1:

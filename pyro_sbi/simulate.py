@@ -61,6 +61,8 @@ __all__ = [
 import contextlib
 import inspect
 import math
+import numbers
+import operator
 import random
 import signal
 import threading
@@ -79,6 +81,46 @@ from tqdm.auto import tqdm
 OK, NONFINITE, ERROR, TIMEOUT = 0, 1, 2, 3
 FAILURE_KINDS = {NONFINITE: "nonfinite", ERROR: "error", TIMEOUT: "timeout"}
 _MESSAGE_LIMIT = 4000
+
+
+def _as_count(value: object, name: str, *, minimum: int = 1) -> int:
+    """A count argument as an `int`: an integer, or a float with an integral value.
+
+    Scientists write budgets as `1e4`; it becomes `10000`. A non-integral or
+    non-finite float, a string, a bool or a count below `minimum` is refused.
+
+    Arguments:
+        value: the count as given.
+        name: the function and argument, for the message (e.g. `"train: num_simulations"`).
+        minimum: the smallest count allowed.
+
+    Returns:
+        The count.
+
+    Raises:
+        TypeError: `value` is not a number (a bool counts as none).
+        ValueError: `value` is not a whole number, or is below `minimum`.
+
+    Example:
+        >>> _as_count(1e4, "train: num_simulations", minimum=2)
+        10000
+    """
+    expected = f"{name} must be a whole number >= {minimum}"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{expected} (such as 1000 or 1e3); got {value!r} of type {type(value).__name__}"
+        )
+    try:
+        count = operator.index(value)
+    except TypeError:  # a float: only an integral value is a count
+        if not float(value).is_integer():
+            raise ValueError(
+                f"{expected}; got {value!r}, which is not a whole number: pass an integer"
+            ) from None
+        count = int(value)
+    if count < minimum:
+        raise ValueError(f"{expected}; got {value!r}")
+    return count
 
 
 class SimulationError(RuntimeError):
@@ -162,6 +204,14 @@ class Simulations:
             f"{self.num_failed} failed" + (f" ({failed})" if failed else "")
         )
 
+    def __repr__(self) -> str:
+        """The shapes, counts and seconds, without the tensors."""
+        return (
+            f"Simulations(theta_shape={tuple(self.theta.shape)}, "
+            f"x_shape={tuple(self.x.shape)}, num_failed={self.num_failed}, "
+            f"seconds={self.seconds:.1f})"
+        )
+
 
 def simulate(
     simulator: Callable,
@@ -216,8 +266,8 @@ def simulate(
     theta = torch.as_tensor(theta).detach().cpu()
     if theta.dim() != 2:
         raise ValueError(f"simulate expects theta of shape (n, D); got {tuple(theta.shape)}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size}")
+    if batch_size is not None:
+        batch_size = _as_count(batch_size, "simulate: batch_size")
     if not 0.0 <= max_failure_fraction <= 1.0:
         raise ValueError(f"max_failure_fraction must lie in [0, 1]; got {max_failure_fraction}")
     if timeout is not None and timeout <= 0:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 __all__ = ["SiteReport", "train"]
 
+import difflib
 import hashlib
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -39,7 +41,7 @@ from torch.distributions import Distribution
 from pyro_sbi.distribution import SimulatorDistribution
 from pyro_sbi.fit import History
 from pyro_sbi.nn import Estimator
-from pyro_sbi.simulate import Simulations, simulate
+from pyro_sbi.simulate import Simulations, _as_count, simulate
 from pyro_sbi.validity import ValidityClassifier
 
 
@@ -72,23 +74,38 @@ class SiteReport:
     simulations: list[Simulations] = field(default_factory=list)
     validity: ValidityClassifier | None = None
 
-    def __str__(self) -> str:
-        """One line: sites, counts, seconds and the kept validation loss."""
+    def _summary(self) -> tuple[int, float, float]:
+        """Epochs (summed over members), training seconds and kept validation loss (mean)."""
         histories = self.history if isinstance(self.history, list) else [self.history]
         epochs = sum(history.epochs for history in histories)
         seconds = sum(history.seconds for history in histories)
         loss = sum(history.best_validation_loss for history in histories) / len(histories)
+        return epochs, seconds, loss
+
+    def __str__(self) -> str:
+        """One line: sites, counts, seconds and the kept validation loss."""
+        epochs, seconds, loss = self._summary()
         return (
             f"{', '.join(self.sites)}: {len(self.theta)} simulations ({self.num_failed} failed) "
             f"in {self.simulation_seconds:.1f} s; {type(self.estimator).__name__} trained for "
             f"{epochs} epochs in {seconds:.1f} s, validation loss {loss:.3f}"
         )
 
+    def __repr__(self) -> str:
+        """The sites, the estimator's class and the figures of :meth:`__str__`; no tensors."""
+        epochs, seconds, loss = self._summary()
+        return (
+            f"SiteReport(sites={self.sites!r}, estimator={type(self.estimator).__name__}, "
+            f"num_simulations={len(self.theta)}, num_failed={self.num_failed}, "
+            f"epochs={epochs}, best_validation_loss={loss:.4g}, "
+            f"simulation_seconds={self.simulation_seconds:.1f}, training_seconds={seconds:.1f})"
+        )
+
 
 def train(
     model: Callable,
     *args,
-    num_simulations: int,
+    num_simulations: int | float,
     proposal: Distribution | Mapping[str, Distribution] | None = None,
     simulation_batch_size: int | None = None,
     fit_options: Mapping | None = None,
@@ -109,12 +126,14 @@ def train(
         model: a Pyro model containing :class:`~pyro_sbi.SimulatorDistribution` sites.
         args: positional arguments of the model (observations are ignored).
         num_simulations: simulations per estimator (split evenly over the sites that
-            share one estimator object).
+            share one estimator object); a float with an integral value, such as `1e4`,
+            is taken as that integer.
         proposal: draw `theta (num_simulations, D)` from this distribution instead of
             the prior (a mapping from site name to distribution for several sites).
         simulation_batch_size: parameters per simulator call (all at once by default).
         fit_options: options of :func:`pyro_sbi.fit.fit`, e.g.
-            `{"max_epochs": 200, "batch_size": 512}`.
+            `{"max_epochs": 200, "batch_size": 512}`; an unknown key is refused before
+            anything is simulated.
         seed: seeds torch, numpy and `random` (via `pyro.set_rng_seed`) before drawing,
             roots the seeds of the simulations (one root per site) and seeds the training.
         progress: show progress bars and a summary line per estimator.
@@ -166,12 +185,14 @@ def train(
         >>> reports["x"].theta.shape, likelihood.trained
         (torch.Size([200, 1]), True)
     """
-    if num_simulations < 2:
-        raise ValueError(f"train needs num_simulations >= 2; got {num_simulations}")
-    if rounds < 1 or num_simulations < 2 * rounds:
+    num_simulations = _as_count(num_simulations, "train: num_simulations", minimum=2)
+    rounds = _as_count(rounds, "train: rounds")
+    if simulation_batch_size is not None:
+        simulation_batch_size = _as_count(simulation_batch_size, "train: simulation_batch_size")
+    if num_simulations < 2 * rounds:
         raise ValueError(
-            f"train needs rounds >= 1 and at least 2 simulations per round; got "
-            f"rounds={rounds}, num_simulations={num_simulations}"
+            f"train needs at least 2 simulations per round; got rounds={rounds}, "
+            f"num_simulations={num_simulations}"
         )
     if rounds > 1 and store is not None:
         raise ValueError(
@@ -180,7 +201,7 @@ def train(
         )
     if seed is not None:
         pyro.set_rng_seed(seed)
-    fit_options = dict(fit_options or {})
+    fit_options = _checked_fit_options(fit_options)
     fit_options.setdefault("progress", progress)
     if seed is not None:
         fit_options.setdefault("seed", seed)
@@ -251,6 +272,40 @@ def train(
                 print(prefix + str(report))
             reports.update(dict.fromkeys(names, report))
     return reports
+
+
+def _checked_fit_options(fit_options: Mapping | None) -> dict:
+    """A copy of `fit_options`, refused before any simulation if a key is not an option.
+
+    The options are the keyword arguments of :func:`pyro_sbi.fit.fit` after
+    `(estimator, theta, x)`, read from its signature.
+    """
+    from pyro_sbi.fit import fit
+
+    if fit_options is None:
+        return {}
+    if not isinstance(fit_options, Mapping):
+        raise TypeError(
+            "train: fit_options must be a mapping of options of pyro_sbi.fit.fit, e.g. "
+            f'{{"max_epochs": 200}}; got {type(fit_options).__name__}'
+        )
+    parameters = list(inspect.signature(fit).parameters.values())
+    if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+        return dict(fit_options)
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    valid = sorted(parameter.name for parameter in parameters[3:] if parameter.kind in kinds)
+    unknown = [key for key in fit_options if key not in valid]
+    if unknown:
+        hints = [
+            f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+            for key in unknown
+            for close in [difflib.get_close_matches(str(key), valid, n=1)]
+        ]
+        raise TypeError(
+            f"train: unknown fit_options key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(hints)}; the options of pyro_sbi.fit.fit are {', '.join(valid)}"
+        )
+    return dict(fit_options)
 
 
 def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:

@@ -83,6 +83,9 @@ def test_train_fits_an_ensemble_site():
 def test_clear_errors():
     with pytest.raises(ValueError, match="size"):
         Ensemble(NLE, size=0)
+    with pytest.raises(ValueError, match=r"Ensemble: size must be a whole number.*2\.5"):
+        Ensemble(NLE, size=2.5)
+    assert Ensemble(NLE, size=2.0).size == 2
     kinds = iter([NLE(), NRE()])
     with pytest.raises(TypeError, match="one class"):
         Ensemble(lambda: next(kinds), size=2)

@@ -242,3 +242,36 @@ def test_seeded_defaults_agree_in_process_and_on_a_pool():
     with ProcessPoolExecutor(2) as pool:
         remote = simulate(simulators.noisy, theta, seed=2, executor=pool, progress=False)
     assert torch.equal(local.x, remote.x)
+
+
+def test_batch_size_written_as_a_float_is_taken_as_that_integer():
+    calls = []
+
+    def simulator(theta):
+        calls.append(len(theta))
+        return theta
+
+    simulate(simulator, torch.zeros(10, 2), batch_size=4.0, progress=False)
+    assert calls == [4, 4, 2]
+
+
+@pytest.mark.parametrize(
+    "batch_size, error, message",
+    [
+        (2.5, ValueError, r"2\.5, which is not a whole number"),
+        (0, ValueError, r">= 1; got 0"),
+        ("4", TypeError, r"got '4' of type str"),
+        (True, TypeError, r"got True of type bool"),
+    ],
+)
+def test_batch_size_must_be_a_whole_number(batch_size, error, message):
+    with pytest.raises(error, match=rf"simulate: batch_size must be a whole number.*{message}"):
+        simulate(lambda theta: theta, torch.zeros(10, 2), batch_size=batch_size, progress=False)
+
+
+def test_repr_shows_shapes_and_counts_not_tensors():
+    sims = simulate(lambda theta: theta, torch.zeros(1000, 2), progress=False)
+    assert repr(sims).startswith(
+        "Simulations(theta_shape=(1000, 2), x_shape=(1000, 2), num_failed=0, seconds="
+    )
+    assert "tensor" not in repr([sims])

@@ -316,3 +316,93 @@ def test_sequential_rounds_with_a_model_that_cannot_be_vectorised():
             sampler_options={"num_chains": 4, "warmup_steps": 2, "num_candidates": 20},
         )  # fmt: skip
     assert [len(record.theta) for record in reports["x"].simulations] == [60, 60]
+
+
+def test_num_simulations_written_as_a_float_is_taken_as_that_integer():
+    simulator = Counter()
+    reports = train(
+        hierarchical(simulator, NLE(zuko.flows.MAF)),
+        num_simulations=2e2,
+        progress=False,
+        fit_options=FAST,
+    )
+    assert simulator.count == 200 and len(reports["x"].theta) == 200
+
+
+@pytest.mark.parametrize(
+    "argument, value, error, message",
+    [
+        ("num_simulations", 1.5, ValueError, r"num_simulations must be a whole number >= 2.*1\.5"),
+        ("num_simulations", 0, ValueError, r"num_simulations must be a whole number >= 2; got 0"),
+        ("num_simulations", -10, ValueError, r"num_simulations .* >= 2; got -10"),
+        ("num_simulations", float("inf"), ValueError, r"num_simulations .* got inf"),
+        ("num_simulations", "1e4", TypeError, r"num_simulations .* got '1e4' of type str"),
+        ("num_simulations", True, TypeError, r"num_simulations .* got True of type bool"),
+        ("simulation_batch_size", 2.5, ValueError, r"simulation_batch_size .* >= 1.*2\.5"),
+        ("rounds", 0, ValueError, r"rounds must be a whole number >= 1; got 0"),
+    ],
+)
+def test_counts_that_are_not_whole_numbers_are_refused_before_simulating(
+    argument, value, error, message
+):
+    simulator = Counter()
+    options = {"num_simulations": 100, argument: value}
+    with pytest.raises(error, match=rf"train: {message}"):
+        train(hierarchical(simulator, NLE()), progress=False, fit_options=FAST, **options)
+    assert simulator.count == 0
+
+
+def test_unknown_fit_options_are_refused_before_simulating():
+    simulator = Counter()
+    with pytest.raises(
+        TypeError,
+        match=r"unknown fit_options key 'max_epoch' \(did you mean 'max_epochs'\?\); "
+        r"the options of pyro_sbi.fit.fit are .*batch_size.*max_epochs.*seed",
+    ):
+        train(
+            hierarchical(simulator, NLE()),
+            num_simulations=100,
+            progress=False,
+            fit_options={"max_epoch": 2},
+        )
+    assert simulator.count == 0
+
+
+def test_fit_options_are_read_from_the_signature_of_fit(monkeypatch):
+    import importlib
+    import inspect
+
+    module = importlib.import_module("pyro_sbi.fit")  # `pyro_sbi.fit` is the function
+    real = module.fit
+    seen = {}
+
+    def fit(estimator, theta, x, *, new_option=1, **options):
+        seen["new_option"] = new_option
+        return real(estimator, theta, x, **options)
+
+    signature = inspect.signature(real)
+    extra = inspect.Parameter("new_option", inspect.Parameter.KEYWORD_ONLY, default=1)
+    fit.__signature__ = signature.replace(parameters=[*signature.parameters.values(), extra])
+    monkeypatch.setattr(module, "fit", fit)
+    train(
+        hierarchical(Counter(), NLE(zuko.flows.MAF)),
+        num_simulations=50,
+        progress=False,
+        fit_options={"new_option": 2, **FAST},
+    )
+    assert seen == {"new_option": 2}
+
+
+def test_report_repr_is_one_short_line_without_tensors():
+    reports = train(
+        hierarchical(Counter(), NLE(zuko.flows.MAF)),
+        num_simulations=300,
+        progress=False,
+        fit_options=FAST,
+    )
+    text = repr(reports)
+    assert "tensor" not in text and "\n" not in text and len(text) < 300
+    report = reports["x"]
+    assert repr(report).startswith("SiteReport(sites=['x'], estimator=NLE, num_simulations=300")
+    assert "num_failed=0, epochs=2, best_validation_loss=" in repr(report)
+    assert "simulation_seconds=" in repr(report) and "training_seconds=" in repr(report)
