@@ -24,8 +24,10 @@ import contextlib
 import json
 import math
 import pickle
+import re
 import warnings
 import weakref
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -285,7 +287,12 @@ class Estimator(nn.Module):
         Arguments:
             path: where to write.
         """
-        self.check_trained()
+        if not self.trained:
+            raise UntrainedEstimatorError(
+                f"cannot save an untrained {type(self).__name__}: train it first with "
+                "pyro_sbi.train(model, ..., num_simulations=...) or estimator.fit(theta, x), "
+                "then call save"
+            )
         header = {
             "format": FORMAT_VERSION,
             "class": type(self).__name__,
@@ -307,7 +314,8 @@ class Estimator(nn.Module):
         r"""Reads an estimator written by :meth:`save`.
 
         The file is read with `torch.load(..., weights_only=True)`: a file carrying a
-        pickled object is refused.
+        pickled object is refused, and so is a damaged file or one whose weights are not
+        all finite.
 
         Arguments:
             path: the file.
@@ -330,25 +338,10 @@ class Estimator(nn.Module):
             ...     torch.zeros(1), torch.zeros(1))
             tensor(True)
         """
-        try:
-            payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise ValueError(
-                f"{path} is not a pyro_sbi estimator file: it carries objects that loading "
-                f"would have to unpickle, which is refused ({error})"
-            ) from None
-        if not isinstance(payload, dict) or set(payload) != {"header", "state"}:
-            raise ValueError(f"{path} is not a pyro_sbi estimator file")
-        header = json.loads(payload["header"])
-        if header.get("format") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format version {header.get('format')}; this version of pyro_sbi "
-                f"reads version {FORMAT_VERSION}"
-            )
+        header, state = _read(Path(path))
         if header["class"] != cls.__name__:
             raise ValueError(f"{path} holds a {header['class']}, not a {cls.__name__}")
         estimator = cls.from_config(header["options"], **overrides)
-        state = payload["state"]
         estimator.theta_dim = header["theta_dim"]
         estimator.x_shape = Size(header["x_shape"])
         for name in _BUFFERS:
@@ -543,6 +536,70 @@ class EstimatorDistribution(Distribution):
         estimator = self.estimator
         theta = self.theta.to(estimator.theta_loc.dtype)
         return (theta - estimator.theta_loc) / estimator.theta_scale
+
+
+_HEADER_KEYS = {"format", "class", "options", "x_shape", "theta_dim", "num_simulations"}
+
+
+def _read(path: Path) -> tuple[dict, dict[str, Tensor]]:
+    """The JSON header and the tensors of an estimator file, or a clear error.
+
+    Only tensors are unpickled (`weights_only=True`). Every way a file can fail to be an
+    estimator file (another format, truncated, corrupted, an object that would have to be
+    unpickled, tensors that are not finite) raises a `ValueError` naming `path`; a
+    missing file raises `FileNotFoundError`.
+    """
+    damaged = f"{path} is not a pyro_sbi estimator file (or it is damaged)"
+    with open(path, "rb") as file:  # FileNotFoundError, IsADirectoryError, ... as they are
+        is_zip = zipfile.is_zipfile(file)
+    if not is_zip:  # torch.save writes a zip archive; a truncated one has lost its directory
+        raise ValueError(f"{damaged}: it is not the archive that estimator.save writes")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if found is None:
+            raise ValueError(f"{damaged}: its content cannot be read") from None
+        raise ValueError(
+            f"{path} is not a pyro_sbi estimator file: it holds a pickled Python object "
+            f"({found.group(1)}), and pyro_sbi never unpickles objects, whose loading can run "
+            "arbitrary code. An estimator file holds only tensors and a JSON header: write "
+            "one with estimator.save(path)"
+        ) from None
+    except Exception as error:  # torch's errors on a damaged archive vary
+        raise ValueError(f"{damaged}: torch cannot read it ({type(error).__name__})") from None
+    header = state = None
+    if isinstance(payload, dict) and set(payload) == {"header", "state"}:
+        state = payload["state"]
+        with contextlib.suppress(TypeError, ValueError):  # not a string, or invalid JSON
+            header = json.loads(payload["header"])
+    well_formed = (
+        isinstance(header, dict)
+        and "format" in header
+        and isinstance(state, dict)
+        and all(isinstance(value, Tensor) for value in state.values())
+    )
+    if not well_formed:
+        raise ValueError(f"{damaged}: it lacks the header or the tensors that save writes")
+    if header["format"] != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format version {header['format']}; this version of pyro_sbi "
+            f"reads version {FORMAT_VERSION}"
+        )
+    if not _HEADER_KEYS <= set(header):
+        missing = ", ".join(sorted(_HEADER_KEYS - set(header)))
+        raise ValueError(f"{damaged}: its header lacks {missing}")
+    for name, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                raise ValueError(
+                    f"{path}: the saved tensor {name!r} of shape {tuple(value.shape)} holds "
+                    f"{int((~finite).sum())} non-finite values (NaN or inf); the estimator "
+                    "would give NaN log-densities. The file is damaged or the estimator was "
+                    "saved after training diverged: train it again and save it"
+                )
+    return header, state
 
 
 def _load_validity(header: dict, state: dict) -> Estimator:

@@ -1,6 +1,8 @@
 """The checks every estimator passes, one constructor per case."""
 
+import math
 import pickle
+import re
 
 import pytest
 import torch
@@ -138,10 +140,85 @@ class Payload:
     """Stands for arbitrary code that unpickling would run."""
 
 
+def _refused_quietly(error: BaseException) -> bool:
+    """No advice to load unsafely, neither in the message nor in a chained torch error."""
+    shown = error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+    return shown and "weights_only" not in str(error) and "False" not in str(error)
+
+
 def test_load_refuses_pickled_objects(tmp_path):
     path = tmp_path / "tampered.pt"
     torch.save({"header": "{}", "state": Payload()}, path)
-    with pytest.raises(ValueError, match="unpickle"):
+    with pytest.raises(ValueError, match=r"not a pyro_sbi estimator file: .*pickled.*Payload"):
+        NLE.load(path)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """The path of a small trained NLE's file."""
+    estimator = NLE(zuko.flows.MAF)
+    estimator.fit(*pairs(100), max_epochs=1, progress=False, seed=0)
+    path = tmp_path_factory.mktemp("saved") / "nle.pt"
+    estimator.save(path)
+    return path
+
+
+def random_bytes(path, saved):
+    path.write_bytes(torch.randint(256, (2000,), dtype=torch.uint8).numpy().tobytes())
+
+
+def truncated(path, saved):
+    data = saved.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def pickled_object(path, saved):
+    torch.save({"header": "{}", "state": Payload()}, path)
+
+
+def empty(path, saved):
+    path.write_bytes(b"")
+
+
+def text(path, saved):
+    path.write_text("hello\n")
+
+
+def tensors_without_header(path, saved):
+    torch.save({"weight": torch.zeros(3)}, path)
+
+
+@pytest.mark.parametrize(
+    "write", [random_bytes, truncated, pickled_object, empty, text, tensors_without_header]
+)
+def test_load_refuses_files_that_are_not_estimator_files(write, saved, tmp_path):
+    path = tmp_path / "file.pt"
+    write(path, saved)
+    with pytest.raises(ValueError, match="is not a pyro_sbi estimator file") as info:
+        NLE.load(path)
+    assert str(info.value).startswith(str(path)) and _refused_quietly(info.value)
+    if write is not pickled_object:
+        assert f"{path} is not a pyro_sbi estimator file (or it is damaged)" in str(info.value)
+
+
+def test_load_of_a_missing_file_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        NLE.load(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("which", ["all weights", "one weight", "x_scale"])
+def test_load_refuses_non_finite_tensors_naming_the_first(which, saved, tmp_path):
+    payload = torch.load(saved, weights_only=True)
+    state = payload["state"]
+    names = [name for name, value in state.items() if value.is_floating_point()]
+    weights = [name for name in names if name.endswith("weight")]
+    spoiled = {"all weights": weights, "one weight": weights[1:2], "x_scale": ["x_scale"]}[which]
+    for name in spoiled:
+        state[name] = torch.full_like(state[name], math.inf if which == "x_scale" else math.nan)
+    path = tmp_path / "spoiled.pt"
+    torch.save(payload, path)
+    first = next(name for name in names if name in spoiled)
+    with pytest.raises(ValueError, match=rf"the saved tensor '{re.escape(first)}'.*non-finite"):
         NLE.load(path)
 
 
@@ -155,8 +232,11 @@ def test_load_refuses_another_class(tmp_path):
 
 
 def test_save_needs_a_trained_estimator(tmp_path):
-    with pytest.raises(UntrainedEstimatorError):
+    with pytest.raises(
+        UntrainedEstimatorError, match=r"cannot save an untrained NLE: train it first"
+    ) as info:
         NLE().save(tmp_path / "nle.pt")
+    assert "log_prob" not in str(info.value) and not (tmp_path / "nle.pt").exists()
 
 
 def test_nre_with_embedding_needs_it_again(tmp_path):
