@@ -190,6 +190,10 @@ class SimulatorDistribution(TorchDistribution):
 
         Returns:
             `broadcast(*, batch_shape)` log-densities.
+
+        Raises:
+            ValueError: `value` has the wrong event shape or holds NaN or inf (Pyro adds
+                the name of the sample site to the message).
         """
         estimator = self.estimator
         estimator.check_trained()
@@ -207,6 +211,8 @@ class SimulatorDistribution(TorchDistribution):
                 f"{tuple(estimator.x_shape)} (batch shape {tuple(self.batch_shape)}); got a "
                 f"value of shape {tuple(value.shape)}"
             )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(_non_finite_message(_name(self.simulator), value))
         if self._validate_args:
             self._validate_sample(value)
         estimator.warn_if_outside(value)
@@ -216,6 +222,21 @@ class SimulatorDistribution(TorchDistribution):
         return log_p.expand(
             torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
         )
+
+
+def _non_finite_message(name: str, value: Tensor, shown: int = 5) -> str:
+    """Says how many entries of `value` are NaN or inf, and where the first `shown` are."""
+    bad = ~torch.isfinite(value.detach())
+    indices = bad.nonzero()[:shown].tolist()
+    where = ", ".join(str(tuple(index)) for index in indices)
+    more = ", ..." if int(bad.sum()) > shown else ""
+    return (
+        f"SimulatorDistribution({name}): the value (the observation, for an observed site) "
+        f"holds {int(bad.sum())} non-finite entries (NaN or inf) out of {value.numel()}, at "
+        f"indices {where}{more} of its shape {tuple(value.shape)}; the learned likelihood "
+        "cannot evaluate them. Drop those trials, or replace them by any finite value and "
+        "leave them out with poutine.mask(mask=...)"
+    )
 
 
 def _name(simulator: Callable) -> str:

@@ -2,6 +2,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import zuko
 from models import Counter, hierarchical
 from pyro.infer import SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
@@ -126,3 +127,38 @@ def test_shape_checks_do_not_depend_on_validation(likelihood):
     d = SimulatorDistribution(Counter(), torch.zeros(2), likelihood, validate_args=False)
     with pytest.raises(ValueError, match="event shape"):
         d.log_prob(torch.zeros(3))
+
+
+def test_non_finite_observation_under_nuts_names_the_site_and_the_entries():
+    from pyro.infer import MCMC, NUTS
+
+    from pyro_sbi import train
+
+    estimator = NLE(zuko.flows.MAF)
+
+    def model(x_o=None):
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        with pyro.plate("trials", 6):
+            return pyro.sample("x", SimulatorDistribution(Counter(), theta, estimator), obs=x_o)
+
+    train(model, num_simulations=200, progress=False, fit_options={"max_epochs": 2}, seed=0)
+    x_o = torch.zeros(6, 2)
+    x_o[2, 1], x_o[4, 0] = float("nan"), float("inf")
+    mcmc = MCMC(NUTS(model), num_samples=2, warmup_steps=2, disable_progbar=True)
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)site 'x'.*2 non-finite entries \(NaN or inf\) out of 12, at indices "
+        r"\(2, 1\), \(4, 0\) of its shape \(6, 2\)",
+    ) as info:
+        mcmc.run(x_o)
+    assert "cannot find valid initial params" not in str(info.value)
+
+
+def test_many_non_finite_entries_show_the_first_five(likelihood):
+    d = SimulatorDistribution(Counter(), torch.zeros(2), likelihood)
+    x = torch.zeros(10, 2)
+    x[3:] = float("nan")
+    first = r"\(3, 0\), \(3, 1\), \(4, 0\), \(4, 1\), \(5, 0\), \.\.\. of its shape"
+    with pytest.raises(ValueError, match=rf"14 non-finite entries .* at indices {first}"):
+        d.log_prob(x)
+    assert d.log_prob(torch.zeros(10, 2)).isfinite().all()
