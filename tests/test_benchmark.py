@@ -68,3 +68,20 @@ def test_benchmark_drift_diffusion_takes_mnle_and_skips_nle(monkeypatch):
     )  # fmt: skip
     assert [r.method for r in rows] == ["mnle"]
     assert 0.45 <= rows[0].c2st <= 1.0
+
+
+def test_benchmark_command_line_prints_each_row_once(monkeypatch, capsys):
+    run = compare.run
+    monkeypatch.setattr(
+        compare,
+        "run",
+        lambda *a, **k: run(*a, **k, num_posterior=300, fit_options={"max_epochs": 3}),
+    )
+    rows = compare.main(["--tasks", "two_moons", "--num-simulations", "300"])
+    out = capsys.readouterr().out
+    assert len(rows) == 1
+    assert out.count("| task | method | simulations | obs |") == 1
+    assert out.count("| two_moons | nle | 300 | 1 |") == 1
+    assert out.count("Mean over observations:") == 1
+    assert out.index("| two_moons | nle | 300 | 1 |") < out.index("Mean over observations:")
+    assert "| two_moons | nle | 300 |" in out.split("Mean over observations:")[1]

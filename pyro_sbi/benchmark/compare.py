@@ -281,14 +281,20 @@ def _format_row(row: Row, peer: bool | None = None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    """The rows as a markdown table, then the means over observations."""
+    """The rows as a markdown table, then the means over observations (:func:`summary`)."""
     peer = any(r.sbi_c2st is not None for r in rows)
     head = [h + (s if peer else "") for h, s in zip(_HEADER, _HEADER_SBI, strict=True)]
-    lines = [*head, *(_format_row(r, peer) for r in rows), "", "Mean over observations:", ""]
-    summary = "| task | method | simulations | C2ST | train + sample s |" + (
+    return "\n".join([*head, *(_format_row(r, peer) for r in rows), "", summary(rows)])
+
+
+def summary(rows: list[Row]) -> str:
+    """The means over observations per task, method and budget, as a markdown table."""
+    peer = any(r.sbi_c2st is not None for r in rows)
+    lines = ["Mean over observations:", ""]
+    head = "| task | method | simulations | C2ST | train + sample s |" + (
         " sbi C2ST | sbi train + sample s | time ratio |" if peer else ""
     )
-    lines += [summary, "|" + " --- |" * (summary.count("|") - 1)]
+    lines += [head, "|" + " --- |" * (head.count("|") - 1)]
     groups: dict[tuple, list[Row]] = {}
     for r in rows:
         groups.setdefault((r.task, _label(r), r.budget), []).append(r)
@@ -331,7 +337,11 @@ def versions(compare: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
-    """The command line: parses `argv`, runs, prints the table; returns the rows."""
+    """The command line: parses `argv`, runs, prints the table; returns the rows.
+
+    Each row is printed once, as soon as it is measured, under the header printed at the
+    start; the means over observations follow at the end.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m pyro_sbi.benchmark",
         description="C2ST and seconds on the standard SBI tasks, optionally beside sbi.",
@@ -377,6 +387,6 @@ def main(argv: list[str] | None = None) -> list[Row]:
         compare=args.compare, seed=args.seed, progress=args.progress, on_row=save,
         rounds=args.rounds, flow=args.flow,
     )  # fmt: skip
-    print()
-    print(table(rows))
+    print()  # the rows were printed as they came: the means complete the table
+    print(summary(rows))
     return rows
