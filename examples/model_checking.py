@@ -80,8 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     smoke = args.smoke_test
-    num_simulations, epochs = (500, 3) if smoke else (10_000, 1000)
-    warmup, samples = (20, 40) if smoke else (300, 500)
+    # smoke: enough training and warm-up that no chain sticks (LOO needs varying draws)
+    num_simulations, epochs = (1000, 20) if smoke else (10_000, 1000)
+    warmup, samples = (50, 50) if smoke else (300, 500)
     datasets, draws = (4, 20) if smoke else (100, 100)
     args.output.mkdir(parents=True, exist_ok=True)
 

@@ -120,9 +120,7 @@ def ecdf_band(
     if ARVIZ_MAJOR >= 1:
         from arviz_stats.ecdf_utils import ecdf_pit
 
-        points, ecdf, lower, upper = ecdf_pit(
-            values, prob, 1000, rng=np.random.default_rng(seed)
-        )
+        points, ecdf, lower, upper = ecdf_pit(values, prob, 1000, rng=np.random.default_rng(seed))
         return (np.asarray(points), np.asarray(ecdf), np.asarray(lower), np.asarray(upper))
     from arviz.stats.ecdf_utils import compute_ecdf, ecdf_confidence_band
 

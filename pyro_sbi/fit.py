@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from pyro_sbi import threads
+
 
 @dataclass
 class History:
@@ -95,6 +97,7 @@ def fit(
     average: float = 0.0,
     seed: int | None = None,
     device: str | torch.device | None = None,
+    num_threads: int | None = None,
     progress: bool = True,
 ) -> History:
     r"""Trains `estimator` on simulated pairs by minimising `estimator.loss(theta, x)`.
@@ -118,6 +121,9 @@ def fit(
             random state is left untouched.
         device: where to train (e.g. `"cuda"`); the estimator is moved back to the
             device of `theta` afterwards.
+        num_threads: torch threads for the loop; `None`: the count the user chose, or
+            else one thread (see :mod:`pyro_sbi.threads`). The caller's count is
+            restored afterwards.
         progress: show a progress bar.
 
     Returns:
@@ -133,6 +139,19 @@ def fit(
     """
     if not 0.0 <= average < 1.0:
         raise ValueError(f"fit: average must be in [0, 1); got {average}")
+    with threads.num_threads(num_threads):
+        return _fit(
+            estimator, theta, x, learning_rate=learning_rate, batch_size=batch_size,
+            max_epochs=max_epochs, patience=patience, validation_fraction=validation_fraction,
+            clip_norm=clip_norm, lr_decay=lr_decay, average=average, seed=seed, device=device,
+            progress=progress,
+        )  # fmt: skip
+
+
+def _fit(
+    estimator, theta, x, *, learning_rate, batch_size, max_epochs, patience,
+    validation_fraction, clip_norm, lr_decay, average, seed, device, progress,
+) -> History:  # fmt: skip
     n = len(theta)
     num_validation = max(1, int(round(validation_fraction * n)))
     if n - num_validation < 1:

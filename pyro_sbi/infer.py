@@ -64,6 +64,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_sbi import threads
+
 _CHAINS = "_pyro_sbi_chains"
 
 
@@ -377,6 +379,9 @@ class SliceMCMC:
             `m`).
         seed: seeds the initialisation and the sampler (the global generators are
             restored afterwards); `None` draws from the global state.
+        num_threads: torch threads for the run; `None`: the count the user chose, or
+            else one thread (see :mod:`pyro_sbi.threads`). The caller's count is
+            restored afterwards.
         progress: show a progress bar.
 
     Example:
@@ -405,6 +410,7 @@ class SliceMCMC:
         max_candidates: int = 1_000_000,
         max_steps_out: int = 32,
         seed: int | None = None,
+        num_threads: int | None = None,
         progress: bool = True,
     ) -> None:
         if num_samples < 1 or num_chains < 1 or thin < 1 or warmup_steps < 0:
@@ -417,7 +423,7 @@ class SliceMCMC:
         self.num_samples, self.warmup_steps = num_samples, warmup_steps
         self.num_chains = num_chains
         self.thin, self.num_candidates, self.max_steps_out = thin, num_candidates, max_steps_out
-        self.seed, self.progress = seed, progress
+        self.seed, self.progress, self.num_threads = seed, progress, num_threads
         self.min_ess = max(1000, num_chains) if min_ess is None else min_ess
         self.max_candidates = max_candidates
         self._samples: dict[str, Tensor] | None = None
@@ -430,7 +436,7 @@ class SliceMCMC:
         rng = contextlib.nullcontext()
         if self.seed is not None:
             rng = torch.random.fork_rng()
-        with rng:
+        with rng, threads.num_threads(self.num_threads):
             if self.seed is not None:
                 torch.manual_seed(self.seed)
             self._run(args, kwargs)

@@ -89,7 +89,8 @@ def test_posterior_predictive_comes_from_the_real_simulator(quickstart):
 def test_loo_runs_and_sums_to_the_pointwise_log_likelihood(quickstart):
     *_, idata = quickstart[:4]
     elpd, p_loo, pointwise = loo_estimates(az.loo(idata, pointwise=True))
-    log_lik = idata.log_likelihood["x"].values.astype(np.float64)  # (chain, draw, trials, subjects)
+    # (chain, draw, trials, subjects), in double precision as ArviZ computes
+    log_lik = idata.log_likelihood["x"].values.astype(np.float64)
     assert pointwise.shape == log_lik.shape[2:]
     assert np.isclose(pointwise.sum(), elpd)
     # elpd_loo = lppd - p_loo, lppd the log of the posterior mean likelihood per trial

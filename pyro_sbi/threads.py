@@ -1,0 +1,95 @@
+r"""How many threads torch uses inside the library's own loops.
+
+torch starts one intra-op thread per core. The networks of simulation-based inference
+are small (a flow of a few hidden layers on batches of a few hundred rows), and for them
+the threads cost more in synchronisation than they gain, most of all on a machine whose
+cores are shared with other work (measured by `python -m pyro_sbi.benchmark.threads`;
+the numbers are in the how-to page "Choose the number of threads").
+
+So :func:`~pyro_sbi.fit.fit` (every estimator's training, and :func:`~pyro_sbi.train`)
+and :meth:`~pyro_sbi.SliceMCMC.run` run with :data:`DEFAULT_NUM_THREADS` torch threads
+**unless the user chose a count**, and restore the caller's count afterwards. A count
+counts as chosen when
+
+- the environment sets `PYRO_SBI_NUM_THREADS` (used as the count), `OMP_NUM_THREADS`
+  or `MKL_NUM_THREADS` (torch's count is kept), or
+- `torch.set_num_threads` changed torch's count after `pyro_sbi` was imported (kept).
+
+`fit(..., num_threads=k)` and `SliceMCMC(..., num_threads=k)` override all of this for
+one call. Pyro's own `MCMC` and `SVI` loops run under the caller's settings: call
+`torch.set_num_threads(1)` before them (see the how-to page).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_NUM_THREADS", "chosen_num_threads", "num_threads"]
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+DEFAULT_NUM_THREADS = 1
+"""Torch threads in the library's loops when the user chose no count."""
+
+_AT_IMPORT = torch.get_num_threads()
+_ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def chosen_num_threads() -> int | None:
+    """The number of torch threads the user chose, or `None` when they chose none.
+
+    Example:
+        >>> count = chosen_num_threads()
+        >>> count is None or count >= 1
+        True
+    """
+    own = os.environ.get("PYRO_SBI_NUM_THREADS", "").strip()
+    if own:
+        try:
+            count = int(own)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ValueError(f"PYRO_SBI_NUM_THREADS must be a positive integer; got {own!r}")
+        return count
+    if any(os.environ.get(name, "").strip() for name in _ENVIRONMENT):
+        return torch.get_num_threads()
+    if torch.get_num_threads() != _AT_IMPORT:
+        return torch.get_num_threads()
+    return None
+
+
+@contextlib.contextmanager
+def num_threads(count: int | None = None) -> Iterator[int]:
+    r"""Runs the block with `count` torch threads and restores the caller's count after it.
+
+    Arguments:
+        count: threads for the block; `None`: the user's chosen count (see
+            :func:`chosen_num_threads`) or else :data:`DEFAULT_NUM_THREADS`.
+
+    Yields:
+        The number of threads in force inside the block.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with num_threads(1) as inside:
+        ...     torch.get_num_threads() == inside == 1
+        True
+        >>> torch.get_num_threads() == before
+        True
+    """
+    if count is None:
+        chosen = chosen_num_threads()
+        count = chosen if chosen is not None else DEFAULT_NUM_THREADS
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"num_threads must be a positive integer or None; got {count!r}")
+    previous = torch.get_num_threads()
+    if count != previous:
+        torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
