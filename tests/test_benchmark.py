@@ -85,3 +85,14 @@ def test_benchmark_command_line_prints_each_row_once(monkeypatch, capsys):
     assert out.count("Mean over observations:") == 1
     assert out.index("| two_moons | nle | 300 | 1 |") < out.index("Mean over observations:")
     assert "| two_moons | nle | 300 |" in out.split("Mean over observations:")[1]
+
+
+def test_sbi_comparison_leaves_no_logs_in_the_working_directory(tmp_path, monkeypatch):
+    pytest.importorskip("sbi")
+    monkeypatch.chdir(tmp_path)
+    rows = compare.run(
+        ["gaussian_linear"], ["nle"], [300], [1], compare="sbi", seed=0,
+        log=lambda *a, **k: None, num_posterior=200, fit_options={"max_epochs": 2},
+    )  # fmt: skip
+    assert rows[0].sbi_c2st is not None
+    assert not (tmp_path / "sbi-logs").exists()

@@ -48,6 +48,7 @@ import math
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -140,10 +141,18 @@ class _Sbi:
         self.prior = task.prior()
 
     def train(self, theta, x):
+        from torch.utils.tensorboard import SummaryWriter
+
         torch.manual_seed(self.seed)
-        inference = self.cls(prior=self.prior, show_progress_bars=False)
-        with contextlib.redirect_stdout(io.StringIO()):  # sbi prints "converged after ..."
-            inference.append_simulations(theta, x).train()
+        # sbi writes tensorboard logs to ./sbi-logs by default: keep them out of the
+        # working directory, in a temporary folder removed after training
+        with tempfile.TemporaryDirectory(prefix="pyro_sbi-sbi-logs-") as logs:
+            writer = SummaryWriter(log_dir=logs)
+            inference = self.cls(prior=self.prior, show_progress_bars=False,
+                                 summary_writer=writer)  # fmt: skip
+            with contextlib.redirect_stdout(io.StringIO()):  # sbi prints "converged after ..."
+                inference.append_simulations(theta, x).train()
+            writer.close()
         self.posterior = inference.build_posterior()
 
     def sample(self, x, seed: int, num: int) -> torch.Tensor:
