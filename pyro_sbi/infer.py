@@ -379,9 +379,10 @@ class SliceMCMC:
             `m`).
         seed: seeds the initialisation and the sampler (the global generators are
             restored afterwards); `None` draws from the global state.
-        num_threads: torch threads for the run; `None`: the count the user chose, or
-            else one thread (see :mod:`pyro_sbi.threads`). The caller's count is
-            restored afterwards.
+        num_threads: torch threads for the run (the caller's count is restored
+            afterwards); `None`: the caller's count. Unlike training, whose batches are
+            small, a run evaluates the model on all chains at once, and more threads
+            help (see :mod:`pyro_sbi.threads`).
         progress: show a progress bar.
 
     Example:
@@ -436,7 +437,10 @@ class SliceMCMC:
         rng = contextlib.nullcontext()
         if self.seed is not None:
             rng = torch.random.fork_rng()
-        with rng, threads.num_threads(self.num_threads):
+        count = contextlib.nullcontext()
+        if self.num_threads is not None:
+            count = threads.num_threads(self.num_threads)
+        with rng, count:
             if self.seed is not None:
                 torch.manual_seed(self.seed)
             self._run(args, kwargs)

@@ -4,5 +4,7 @@
   side by side with sbi on the same simulations (:mod:`pyro_sbi.benchmark.compare`);
 - `python -m pyro_sbi.benchmark.plot rows.json`: C2ST against budget per task;
 - `python -m pyro_sbi.benchmark.simulation`: the simulation engine's overhead,
-  its speed-up on a process pool and on Dask, and the cost of the store.
+  its speed-up on a process pool and on Dask, and the cost of the store;
+- `python -m pyro_sbi.benchmark.threads`: one torch thread against torch's default in
+  training, SliceMCMC and NUTS gradients, on an idle and a loaded machine.
 """
