@@ -66,6 +66,7 @@ from pyro_sbi.nn import (
     EstimatorDistribution,
     ResidualMLP,
     activation_by_name,
+    distinct,
     flow_by_name,
     flow_name,
     validation_off,
@@ -288,7 +289,7 @@ class MNLE(Estimator):
         r""":math:`\log q(c \mid \theta) + \log q(s_z \mid c, \theta)` on standardised inputs."""
         c = x_t[..., self.discrete].round().long()
         index = (c * self.strides).sum(-1, keepdim=True)
-        logits = self.classifier(theta_z)
+        logits = self.classifier(distinct(theta_z))  # once per distinct theta, not per trial
         logits = logits.expand(index.shape[:-1] + logits.shape[-1:])
         log_c = logits.log_softmax(-1).gather(-1, index).squeeze(-1)
         context = torch.cat([theta_z, self._one_hot(c)], dim=-1)

@@ -15,6 +15,7 @@ __all__ = [
     "ResidualMLP",
     "UntrainedEstimatorError",
     "activation_by_name",
+    "distinct",
     "flow_by_name",
     "flow_name",
     "validation_off",
@@ -380,7 +381,8 @@ class Estimator(nn.Module):
             theta: `(*, D)` parameters.
 
         Returns:
-            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape.
+            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape; `theta_z` is
+            a broadcast view where `theta` was broadcast.
         """
         self.check_trained()
         event_dim = len(self.x_shape)
@@ -397,8 +399,10 @@ class Estimator(nn.Module):
         x_batch = x.shape[: x.dim() - event_dim]
         batch = torch.broadcast_shapes(x_batch, theta.shape[:-1])
         x = x.reshape(x_batch + (self.x_features,)).expand(batch + (self.x_features,))
-        theta = theta.expand(batch + (self.theta_dim,))
-        return self._standardize(x, theta)
+        # z-score theta before broadcasting it, so that a theta shared by a plate of
+        # trials stays a stride-0 view (see `distinct`)
+        x_z, theta_z = self._standardize(x, theta)
+        return x_z, theta_z.expand(batch + (self.theta_dim,))
 
     def _transform(self, x: Tensor) -> Tensor:
         """A fixed per-column map of flat `x (*, L)` applied before z-scoring (identity)."""
@@ -600,6 +604,32 @@ def _read(path: Path) -> tuple[dict, dict[str, Tensor]]:
                     "saved after training diverged: train it again and save it"
                 )
     return header, state
+
+
+def distinct(tensor: Tensor) -> Tensor:
+    r"""The smallest tensor that broadcasts back to `tensor`: its stride-0 dims cut to 1.
+
+    A parameter shared by a plate of trials is a broadcast view (stride 0 along the
+    trials); whatever depends on the parameter alone is computed once on this smaller
+    tensor and broadcast back, instead of once per trial.
+
+    Arguments:
+        tensor: `(*batch, D)` values, possibly a broadcast view.
+
+    Returns:
+        `(*batch', D)` with `batch'[i] = 1` where `tensor` has stride 0 along dim `i`
+        (the last dim is kept whole).
+
+    Example:
+        >>> theta = torch.randn(5, 4)
+        >>> distinct(theta.expand(100, 5, 4)).shape
+        torch.Size([1, 5, 4])
+    """
+    index = tuple(
+        slice(0, 1) if stride == 0 and size > 1 else slice(None)
+        for size, stride in zip(tensor.shape[:-1], tensor.stride()[:-1], strict=True)
+    )
+    return tensor[index]
 
 
 def _load_validity(header: dict, state: dict) -> Estimator:

@@ -227,3 +227,27 @@ def test_ddm_posterior_matches_the_analytic_posterior(ddm_likelihood):
         mcmc.run(x_o)
         posteriors.append(mcmc.get_samples()["theta"])
     assert c2st(*posteriors) <= 0.65
+
+
+def test_a_theta_shared_by_trials_gives_the_materialised_answer_at_per_theta_cost(trained):
+    """Bug caught: the discrete head run once per trial (cost), or the shared-theta path
+    giving other values or gradients than the same theta copied to every trial."""
+    theta = torch.tensor([[-0.5], [0.2], [0.9]])  # 3 subjects
+    x = log_normal_choice(theta.expand(40, 3, 1).reshape(-1, 1)).reshape(40, 3, 2)
+    rows = []
+    hook = trained.classifier.register_forward_hook(
+        lambda module, args, out: rows.append(args[0].shape[:-1].numel())
+    )
+    try:
+        shared = theta.clone().requires_grad_()
+        fast = trained.log_prob(x, shared)  # theta (3, 1) broadcast over 40 trials
+        copied = theta.clone().requires_grad_()
+        slow = trained.log_prob(x, copied.expand(40, 3, 1).contiguous())
+    finally:
+        hook.remove()
+    assert rows == [3, 40 * 3]  # once per subject on the shared path, per trial otherwise
+    assert fast.shape == slow.shape == (40, 3)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
+    assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-5)
