@@ -1,6 +1,8 @@
 """Simulators importable by worker processes (a process pool or Dask pickles them by name)."""
 
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +46,43 @@ def troubled(theta):
     if abs(t) < 0.125:
         time.sleep(5.0)
     return torch.stack([theta[0], theta[0] ** 2])
+
+
+class Troubled:
+    """`troubled`, counting its calls; `finished` counts the long calls that ran to the end.
+
+    With a timeout shorter than the sleep, every long call is interrupted: `finished`
+    stays 0 however slow the machine is.
+    """
+
+    def __init__(self):
+        self.calls, self.finished = 0, 0
+
+    def __call__(self, theta):
+        self.calls += 1
+        if abs(float(theta[0])) >= 0.125:
+            return troubled(theta)
+        time.sleep(30.0)
+        self.finished += 1
+        return torch.stack([theta[0], theta[0] ** 2])
+
+
+class Halting:
+    """`noisy`, batched; the call after `halt_after` creates the file `ready` and blocks forever.
+
+    A parent process waits for `ready`, then kills the process at a known point: inside the
+    simulator, with exactly `halt_after` batches stored.
+    """
+
+    def __init__(self, halt_after=None, ready=None):
+        self.calls, self.halt_after, self.ready = 0, halt_after, ready
+
+    def __call__(self, theta):
+        self.calls += 1
+        if self.halt_after is not None and self.calls > self.halt_after:
+            Path(self.ready).touch()
+            threading.Event().wait()  # until the process is killed
+        return noisy(theta)
 
 
 def slow_batch(theta):
