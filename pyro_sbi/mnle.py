@@ -73,6 +73,7 @@ from pyro_sbi.nn import (
 )
 
 MAX_CATEGORIES = 4096
+PER_CATEGORY_MAX = 16  # the most joint categories for which the flow is conditioned per (θ, c)
 
 
 class MNLE(Estimator):
@@ -223,6 +224,9 @@ class MNLE(Estimator):
         # fixed once built: read on every log_prob, so kept as Python integers
         classes = self._classes = [int(self.x_max[j]) + 1 for j in self.discrete]
         self.register_buffer("strides", _strides(classes), persistent=False)
+        # the one-hot code of every joint category, in the order of the joint index
+        values = torch.arange(math.prod(classes))[:, None] // self.strides % torch.tensor(classes)
+        self.register_buffer("_codes", self._one_hot(values), persistent=False)
         self.classifier = ResidualMLP(
             self.theta_dim,
             math.prod(classes),
@@ -286,16 +290,63 @@ class MNLE(Estimator):
         return x
 
     def _log_prob_z(self, x_t: Tensor, theta_z: Tensor) -> Tensor:
-        r""":math:`\log q(c \mid \theta) + \log q(s_z \mid c, \theta)` on standardised inputs."""
+        r""":math:`\log q(c \mid \theta) + \log q(s_z \mid c, \theta)` on standardised inputs.
+
+        Whatever depends on `theta` alone runs once per distinct `theta` (a `theta`
+        shared by a plate of trials is a stride-0 view, see :func:`~pyro_sbi.nn.distinct`):
+        the discrete head always, and, for one continuous column, the flow's networks,
+        whose context is `(theta, c)` with few distinct values (see
+        :meth:`_log_r_per_category`).
+        """
         c = x_t[..., self.discrete].round().long()
         index = (c * self.strides).sum(-1, keepdim=True)
-        logits = self.classifier(distinct(theta_z))  # once per distinct theta, not per trial
+        shared = distinct(theta_z)
+        logits = self.classifier(shared)
         logits = logits.expand(index.shape[:-1] + logits.shape[-1:])
         log_c = logits.log_softmax(-1).gather(-1, index).squeeze(-1)
+        s_z = x_t[..., self.continuous]
+        categories = len(self._codes)
+        rows, distinct_rows = index.shape[:-1].numel(), shared.shape[:-1].numel()
+        if (
+            len(self.continuous) == 1
+            and categories <= PER_CATEGORY_MAX
+            and (categories * distinct_rows <= rows // 2)
+        ):
+            return log_c + self._log_r_per_category(s_z, shared, index.squeeze(-1))
         context = torch.cat([theta_z, self._one_hot(c)], dim=-1)
         with validation_off():
-            log_r = self.flow(context).log_prob(x_t[..., self.continuous])
+            log_r = self.flow(context).log_prob(s_z)
         return log_c + log_r
+
+    def _log_r_per_category(self, s_z: Tensor, shared: Tensor, index: Tensor) -> Tensor:
+        r""":math:`\log q(s_z \mid c, \theta)` with the flow conditioned once per (θ, c).
+
+        With one continuous column the flow's transforms are element-wise and their
+        parameters come from networks of the context alone, so the flow is conditioned on
+        the `K` joint values of `c` at each distinct `theta` (`K` times the distinct rows,
+        instead of one context per trial), evaluated at every trial's `s_z` for each
+        value, and the value each trial holds is picked out. Same numbers as one context
+        per trial, at the cost of the networks on the distinct contexts plus `K`
+        evaluations of the element-wise transforms per trial.
+
+        Arguments:
+            s_z: `(*, 1)` standardised continuous column.
+            shared: `(*', D)` distinct standardised parameters, broadcastable to `*`.
+            index: `(*)` joint category of each row.
+
+        Returns:
+            `(*)` log-densities.
+        """
+        k = len(self._codes)
+        batch = s_z.shape[:-1]
+        codes = self._codes.reshape((k,) + (1,) * (shared.dim() - 1) + self._codes.shape[-1:])
+        context = torch.cat(
+            [shared.expand((k,) + shared.shape), codes.expand((k,) + shared.shape[:-1] + (-1,))],
+            dim=-1,
+        )  # (K, *', D + sum K_j)
+        with validation_off():
+            log_r = self.flow(context).log_prob(s_z.expand((k,) + s_z.shape))  # (K, *)
+        return log_r.gather(0, index.expand(batch).unsqueeze(0)).squeeze(0)
 
     def _one_hot(self, c: Tensor) -> Tensor:
         """`(*, len(discrete))` integer values to concatenated one-hot codes `(*, sum K_j)`."""

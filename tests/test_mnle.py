@@ -251,3 +251,29 @@ def test_a_theta_shared_by_trials_gives_the_materialised_answer_at_per_theta_cos
     (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
     (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
     assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("flow", ["NSF", "MAF"])
+def test_the_flow_conditioned_per_theta_and_choice_equals_one_context_per_trial(flow):
+    """Bug caught: the per-(theta, choice) path picking another choice's density, a wrong
+    one-hot code order, or gradients lost through the pick."""
+    import zuko
+
+    torch.manual_seed(1)
+    theta = 2 * torch.rand(2000, 2) - 1
+    x = log_normal_choice(theta[:, :1])
+    x = torch.cat(
+        [x[:, :1], x[:, 1:] + torch.bernoulli(0.5 * torch.ones(2000, 1))], -1
+    )  # 3 choices
+    estimator = MNLE(discrete=[1], log_transform=True, build=getattr(zuko.flows, flow))
+    estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    subjects = 2 * torch.rand(4, 2) - 1
+    x_o = x[:200].reshape(50, 4, 2)
+    shared = subjects.clone().requires_grad_()
+    fast = estimator.log_prob(x_o, shared)  # theta (4, 2) broadcast over 50 trials
+    copied = subjects.clone().requires_grad_()
+    slow = estimator.log_prob(x_o, copied.expand(50, 4, 2).contiguous())
+    assert torch.allclose(fast, slow, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
+    assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-4)

@@ -5,6 +5,9 @@
 - `python -m pyro_sbi.benchmark.plot rows.json`: C2ST against budget per task;
 - `python -m pyro_sbi.benchmark.simulation`: the simulation engine's overhead,
   its speed-up on a process pool and on Dask, and the cost of the store;
+- `python -m pyro_sbi.benchmark.trials`: the cost of a NUTS gradient of a hierarchical
+  drift-diffusion model under plates of subjects × trials, MNLE against the exact
+  density;
 - `python -m pyro_sbi.benchmark.threads`: one torch thread against torch's default in
   training, SliceMCMC and NUTS gradients, on an idle and a loaded machine.
 """
