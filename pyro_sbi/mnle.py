@@ -301,9 +301,8 @@ class MNLE(Estimator):
         c = x_t[..., self.discrete].round().long()
         index = (c * self.strides).sum(-1, keepdim=True)
         shared = distinct(theta_z)
-        logits = self.classifier(shared)
-        logits = logits.expand(index.shape[:-1] + logits.shape[-1:])
-        log_c = logits.log_softmax(-1).gather(-1, index).squeeze(-1)
+        log_q = self.classifier(shared).log_softmax(-1)
+        log_c = log_q.expand(index.shape[:-1] + log_q.shape[-1:]).gather(-1, index).squeeze(-1)
         s_z = x_t[..., self.continuous]
         categories = len(self._codes)
         rows, distinct_rows = index.shape[:-1].numel(), shared.shape[:-1].numel()
