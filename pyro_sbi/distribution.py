@@ -7,6 +7,14 @@ simulator and whose :meth:`~SimulatorDistribution.log_prob` asks a learned estim
 shape `batch_shape + (D,)`, `event_shape` the simulator's output shape, `expand` and
 plates broadcast `theta` lazily, so a `theta` repeated over a plate of i.i.d. trials
 stays one parameter vector.
+
+A ratio estimator (:class:`~pyro_sbi.NRE`) gives :math:`\log p(x \mid \theta) - \log
+p(x)`, not a density in `x`: its site must be observed. :meth:`log_prob` refuses a value
+that requires grad (NUTS, HMC, SVI move it) or that the same distribution drew with
+:meth:`sample` (the site ran without `obs=`, as in
+`poutine.trace(model).get_trace().log_prob_sum()`; data drawn by one run of the model
+and observed in another is accepted), and
+:class:`~pyro_sbi.SliceMCMC` refuses such a latent site before it starts.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 __all__ = ["SimulatorDistribution"]
 
 import warnings
+import weakref
 from collections.abc import Callable
 
 import torch
@@ -62,6 +71,7 @@ class SimulatorDistribution(TorchDistribution):
 
     arg_constraints = {"theta": constraints.real_vector}
     has_rsample = False
+    _drawn: weakref.ref | None = None  # the last sample of a ratio estimator
 
     def __init__(
         self,
@@ -176,7 +186,10 @@ class SimulatorDistribution(TorchDistribution):
                 f"SimulatorDistribution({_name(self.simulator)}): the simulator returned "
                 f"outputs of shape {tuple(x.shape[1:])}, expected {tuple(self.x_shape)}"
             )
-        return x.reshape(shape + x.shape[1:])
+        x = x.reshape(shape + x.shape[1:])
+        if not self.estimator.normalized:
+            self._drawn = weakref.ref(x)  # log_prob(x) would mean a latent site
+        return x
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""The estimator's log-density of `value` at `theta`, differentiable in `theta`.
@@ -192,17 +205,18 @@ class SimulatorDistribution(TorchDistribution):
             `broadcast(*, batch_shape)` log-densities.
 
         Raises:
-            ValueError: `value` has the wrong event shape or holds NaN or inf (Pyro adds
-                the name of the sample site to the message).
+            ValueError: `value` has the wrong event shape or holds NaN or inf, or the
+                estimator is a ratio and `value` is latent: it requires grad or was drawn
+                by this distribution's :meth:`sample` (Pyro adds the name of the sample
+                site to the message).
         """
         estimator = self.estimator
         estimator.check_trained()
-        if not estimator.normalized and getattr(value, "requires_grad", False):
-            raise ValueError(
-                f"SimulatorDistribution({_name(self.simulator)}): the {type(estimator).__name__} "
-                "estimator gives log p(x | theta) - log p(x), which is not a density in x, so "
-                "the simulator site cannot be latent; observe it with pyro.sample(..., obs=x_o)"
-            )
+        if not estimator.normalized and (
+            getattr(value, "requires_grad", False)
+            or (self._drawn is not None and self._drawn() is value)
+        ):
+            raise ValueError(_latent_ratio_message(self))
         event_dim = len(estimator.x_shape)
         value = torch.as_tensor(value)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim :] != estimator.x_shape:
@@ -222,6 +236,33 @@ class SimulatorDistribution(TorchDistribution):
         return log_p.expand(
             torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
         )
+
+
+def _latent_ratio_message(fn: SimulatorDistribution) -> str:
+    return (
+        f"SimulatorDistribution({_name(fn.simulator)}): the {type(fn.estimator).__name__} "
+        "estimator gives log p(x | theta) - log p(x), which is not a density in x, so "
+        "the simulator site cannot be latent; observe it with pyro.sample(..., obs=x_o)"
+    )
+
+
+def refuse_latent_ratio(fn: object, site: str) -> None:
+    """Raises if `fn` is (or wraps) a :class:`SimulatorDistribution` with a ratio estimator.
+
+    For samplers that see a latent site's distribution but give its
+    :meth:`SimulatorDistribution.log_prob` values it cannot recognise as latent.
+
+    Arguments:
+        fn: the distribution of the latent sample site `site`.
+        site: the site's name, for the message.
+
+    Raises:
+        ValueError: the site's log-density would be a log-ratio, not a density in `x`.
+    """
+    while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
+        fn = fn.base_dist  # Independent, masked, expanded
+    if isinstance(fn, SimulatorDistribution) and not fn.estimator.normalized:
+        raise ValueError(f"site {site!r}: {_latent_ratio_message(fn)}")
 
 
 def _non_finite_message(name: str, value: Tensor, shown: int = 5) -> str:

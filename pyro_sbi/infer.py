@@ -65,6 +65,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_sbi import threads
+from pyro_sbi.distribution import refuse_latent_ratio
 
 _CHAINS = "_pyro_sbi_chains"
 
@@ -108,6 +109,7 @@ class _Density:
             if site["is_observed"]:
                 self.observed.append(name)
                 continue
+            refuse_latent_ratio(fn, name)
             if fn.support.is_discrete:
                 raise ValueError(
                     f"site {name!r} is a discrete latent variable; slice sampling and SIR "

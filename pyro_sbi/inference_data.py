@@ -260,7 +260,8 @@ class _Runner:
     """Runs the model at many draws of its latent sites: vectorised, or one draw at a time.
 
     A call returns, per sample site, `value (n, *shape)`, `log_prob (n, *batch_shape)`
-    (the shapes of an ordinary run of the model) and, for a simulator site,
+    (the shapes of an ordinary run of the model; `None` for a simulated site of a ratio
+    estimator, which has no density in `x`) and, for a simulator site,
     `outside (n,)`: whether any of its parameters in a draw lie outside the training
     region of its estimator.
     """
@@ -310,14 +311,18 @@ class _Runner:
                 continue
             natural = self.base.nodes[name]
             batch = _batch_shape(natural)
-            log_p = site["fn"].log_prob(site["value"])
-            log_p = log_p.expand(log_p.shape[: log_p.dim() - len(batch)] + batch)
+            simulator = _simulator_site(site)
+            log_p = None
+            if site["is_observed"] or simulator is None or simulator.estimator.normalized:
+                # a simulated ratio site (a predictive draw) has no density to give
+                log_p = site["fn"].log_prob(site["value"])
+                log_p = log_p.expand(log_p.shape[: log_p.dim() - len(batch)] + batch)
+                log_p = log_p.reshape(size, *batch)
             result = {
                 "value": site["value"].reshape(size, *natural["value"].shape),
-                "log_prob": log_p.reshape(size, *batch),
+                "log_prob": log_p,
                 "outside": None,
             }
-            simulator = _simulator_site(site)
             if simulator is not None and simulator.estimator.trained:
                 theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
                 result["outside"] = simulator.estimator.outside(theta).any(-1)

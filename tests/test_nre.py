@@ -4,10 +4,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from pyro.infer import MCMC, NUTS
+from pyro.infer import HMC, MCMC, NUTS, SVI, Predictive, Trace_ELBO
+from pyro.infer.autoguide import AutoNormal
+from pyro.optim import Adam
 from torch import nn
 
-from pyro_sbi import NRE, SimulatorDistribution, train
+from pyro_sbi import NRE, SimulatorDistribution, SliceMCMC, train
 
 NOISE, TRIALS = 0.5, 10
 
@@ -101,19 +103,56 @@ def _model(estimator):
     return model
 
 
-def test_latent_site_raises(trained):
-    estimator = trained
-    model = _model(estimator)
-    mcmc = MCMC(NUTS(model), num_samples=2, warmup_steps=2, disable_progbar=True)
-    with pytest.raises(ValueError, match="obs="):
-        mcmc.run()  # x is latent: NUTS hands it to log_prob with requires_grad
+def _nuts(model):
+    MCMC(NUTS(model), num_samples=2, warmup_steps=2, disable_progbar=True).run()
+
+
+def _hmc(model):
+    MCMC(HMC(model, num_steps=2), num_samples=2, warmup_steps=2, disable_progbar=True).run()
+
+
+def _svi(model):
+    SVI(model, AutoNormal(model), Adam({"lr": 0.01}), Trace_ELBO()).step()
+
+
+def _slice(model):
+    SliceMCMC(model, num_samples=2, warmup_steps=2, num_chains=4, num_candidates=16,
+              seed=0, progress=False).run()  # fmt: skip
+
+
+def _trace(model):
+    pyro.poutine.trace(model).get_trace().log_prob_sum()
+
+
+LATENT_PATHS = {"nuts": _nuts, "hmc": _hmc, "svi": _svi, "slice": _slice, "trace": _trace}
+
+
+@pytest.mark.parametrize("path", LATENT_PATHS)
+def test_latent_site_is_refused_on_every_path(trained, path):
+    """Catches a latent NRE site whose log-ratio is used as a density in x (no obs=)."""
+    with pytest.raises(ValueError, match=r"not a density in x.*cannot be latent.*obs="):
+        LATENT_PATHS[path](_model(trained))
+
+
+def test_latent_site_can_be_simulated(trained):
+    """Predictive evaluates no log_prob: a latent NRE site is simulated by the simulator."""
+    theta = torch.randn(6, 2)
+    draws = Predictive(_model(trained), posterior_samples={"theta": theta})()
+    assert draws["x"].shape == (6, TRIALS, 2)
+    # the real simulator: x = theta + N(0, NOISE^2), not a surrogate
+    residual = (draws["x"] - theta[:, None]) / NOISE
+    assert residual.abs().max() < 6 and 0.7 < float(residual.std()) < 1.3
 
 
 def test_observed_site_is_accepted(trained):
-    estimator = trained
-    x_o = torch.zeros(TRIALS, 2)
-    trace = pyro.poutine.trace(_model(estimator)).get_trace(x_o)
+    """Catches an observed site refused because its data were drawn by the model itself."""
+    model = _model(trained)
+    x_o = model()  # drawn by one run of the model, observed in the others
+    trace = pyro.poutine.trace(model).get_trace(x_o)
     assert math.isfinite(trace.log_prob_sum().item())
+    samples = SliceMCMC(model, num_samples=2, warmup_steps=2, num_chains=4, num_candidates=16,
+                        seed=0, progress=False).run(x_o).get_samples()  # fmt: skip
+    assert samples["theta"].shape == (8, 2)
 
 
 def _nuts_errors(estimator):
