@@ -381,8 +381,8 @@ class Estimator(nn.Module):
             theta: `(*, D)` parameters.
 
         Returns:
-            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape; `theta_z` is
-            a broadcast view where `theta` was broadcast.
+            `x_z (*, L)` and `theta_z (*, D)` on one broadcast batch shape, each a
+            broadcast view where it was broadcast.
         """
         self.check_trained()
         event_dim = len(self.x_shape)
@@ -398,11 +398,10 @@ class Estimator(nn.Module):
             )
         x_batch = x.shape[: x.dim() - event_dim]
         batch = torch.broadcast_shapes(x_batch, theta.shape[:-1])
-        x = x.reshape(x_batch + (self.x_features,)).expand(batch + (self.x_features,))
-        # z-score theta before broadcasting it, so that a theta shared by a plate of
-        # trials stays a stride-0 view (see `distinct`)
-        x_z, theta_z = self._standardize(x, theta)
-        return x_z, theta_z.expand(batch + (self.theta_dim,))
+        # z-score before broadcasting, so that a theta shared by a plate of trials (or an
+        # x shared by many parameters) stays a stride-0 view (see `distinct`)
+        x_z, theta_z = self._standardize(x.reshape(x_batch + (self.x_features,)), theta)
+        return x_z.expand(batch + (self.x_features,)), theta_z.expand(batch + (self.theta_dim,))
 
     def _transform(self, x: Tensor) -> Tensor:
         """A fixed per-column map of flat `x (*, L)` applied before z-scoring (identity)."""

@@ -106,7 +106,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name
+from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name, distinct
 
 _VARIANTS = ("A", "B", "C")
 
@@ -312,4 +312,7 @@ class NRE(Estimator):
             `(*)` log-ratios over the broadcast batch shape.
         """
         x_z, theta_z = self._prepare(x, theta)
-        return self._logit(self._embed(x_z), theta_z)
+        if self.embedding is None:
+            return self._logit(x_z, theta_z)
+        e = self._embed(distinct(x_z))  # once per distinct x, e.g. not once per chain
+        return self._logit(e.expand(x_z.shape[:-1] + e.shape[-1:]), theta_z)

@@ -85,6 +85,32 @@ def test_embedding_sees_x_shape():
     assert estimator.log_prob(torch.randn(7, 2, 3), torch.randn(2)).shape == (7,)
 
 
+def test_an_x_shared_by_many_parameters_is_embedded_once():
+    """Bug caught: the embedding run once per chain (cost), or the shared-x path giving
+    other log-ratios or gradients than x copied to every parameter."""
+    theta = torch.randn(300, 2)
+    x = theta[:, :, None] + torch.randn(300, 2, 3)
+    estimator = NRE("C", embedding=nn.Sequential(nn.Flatten(), nn.Linear(6, 4)))
+    estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    rows = []
+    hook = estimator.embedding.register_forward_hook(lambda m, args, out: rows.append(len(out)))
+    x_o = torch.randn(5, 2, 3)  # 5 trials
+    chains = torch.randn(30, 1, 2)  # 30 chains, broadcast over the trials
+    try:
+        shared = chains.clone().requires_grad_()
+        fast = estimator.log_prob(x_o, shared)
+        copied = chains.clone().requires_grad_()
+        slow = estimator.log_prob(x_o.expand(30, 5, 2, 3).contiguous(), copied)
+    finally:
+        hook.remove()
+    assert rows == [5, 30 * 5]
+    assert fast.shape == slow.shape == (30, 5)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
+    assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-5)
+
+
 def test_rejects_bad_options():
     with pytest.raises(ValueError, match="variant"):
         NRE("D")
