@@ -101,9 +101,16 @@ def test_loo_runs_and_sums_to_the_pointwise_log_likelihood(quickstart):
 
 def test_ppc_p_values(quickstart):
     *_, idata = quickstart[:4]
+    """Bug caught: p-values of another column or statistic, or with the inequality flipped."""
     p_values = ppc(idata)
     assert set(p_values) == {f"{s}[{c}]" for s in ("mean", "sd", "min", "max") for c in (0, 1)}
-    assert all(0.0 <= p <= 1.0 for p in p_values.values())
+    observed = idata.observed_data["x"].values  # (trials, subjects, 2)
+    replicated = idata.posterior_predictive["x"].values.reshape(-1, *observed.shape)
+    for name, statistic in (("mean", np.mean), ("sd", np.std), ("max", np.max)):
+        for column in (0, 1):
+            value = statistic(observed[..., column])
+            expected = np.mean([statistic(x[..., column]) >= value for x in replicated])
+            assert p_values[f"{name}[{column}]"] == pytest.approx(expected)
     p_values, figure = ppc(idata, {"mean": np.mean}, plot=True)
     assert 0.02 < p_values["mean"] < 0.98 and figure.axes
 
@@ -180,7 +187,8 @@ def test_arviz_summary_compare_and_plots_take_it(quickstart):
     assert np.isclose(float(summary["mean"].iloc[0]), float(mcmc.get_samples()["mu"].mean()),
                       atol=0.01)  # fmt: skip
     comparison = az.compare({"a": idata, "b": idata})
-    assert len(comparison) == 2
+    assert sorted(comparison.index) == ["a", "b"]  # the same data twice: no difference
+    assert np.allclose(comparison.iloc[:, comparison.columns.get_loc("elpd_diff")], 0.0)
     az.plot_trace(idata, var_names=["mu"])
     az.plot_forest(idata, var_names=["mu"])
     plt.close("all")
