@@ -8,6 +8,12 @@ shape `batch_shape + (D,)`, `event_shape` the simulator's output shape, `expand`
 plates broadcast `theta` lazily, so a `theta` repeated over a plate of i.i.d. trials
 stays one parameter vector.
 
+A known input per trial that is not a parameter (a stimulus strength, a dose, a
+condition of the experimental design) is given as `condition=u`, of shape
+`(*batch_shape, d_u)`: the simulator is called `simulator(theta, u)` and the estimator
+learns :math:`q(x \mid \theta, u)` with the concatenation `[theta, u]` as its context,
+so every estimator takes a condition unchanged (its `theta_dim` is `D + d_u`).
+
 A ratio estimator (:class:`~pyro_sbi.NRE`) gives :math:`\log p(x \mid \theta) - \log
 p(x)`, not a density in `x`: its site must be observed. :meth:`log_prob` refuses a value
 that requires grad (NUTS, HMC, SVI move it) or that the same distribution drew with
@@ -25,12 +31,13 @@ import warnings
 import weakref
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 from torch.distributions import constraints
 
-from pyro_sbi.nn import Estimator
+from pyro_sbi.nn import Estimator, distinct
 from pyro_sbi.simulate import simulate
 
 
@@ -40,11 +47,22 @@ class SimulatorDistribution(TorchDistribution):
     Arguments:
         simulator: a callable `theta (n, D) -> x (n, *x_shape)` (torch or numpy), or
             `theta (D,) -> x (*x_shape)` with `batched=False`. Never differentiated.
+            With a `condition`, it is called `simulator(theta, condition)`: rows
+            `theta (n, D)` and `condition (n, d_u)` (or one row of each, `(D,)` and
+            `(d_u,)`, with `batched=False`).
         theta: `(*batch_shape, D)` parameters. It may have fewer batch dimensions than
             the plates around the sample site: it is broadcast lazily.
         estimator: the learned surrogate giving :meth:`log_prob` (e.g. `NLE()`); it may
             be untrained while the model is built, and is trained by
-            :func:`pyro_sbi.train`.
+            :func:`pyro_sbi.train`. With a `condition` it learns
+            :math:`q(x \mid \theta, u)` on the context `[theta, condition]`, so its
+            `theta_dim` is `D + d_u`.
+        condition: `(*batch_shape, d_u)` known inputs of the simulator that are not
+            parameters (the design of the experiment: a stimulus per trial, a dose per
+            subject). Its batch shape and `theta`'s broadcast against each other (the
+            distribution's batch shape is their broadcast), and it is never
+            differentiated. :func:`pyro_sbi.train` simulates at the conditions the
+            model gives.
         x_shape: the simulator's output shape; needed only when the estimator is
             untrained and the event shape must be known (taken from the estimator
             otherwise).
@@ -67,6 +85,16 @@ class SimulatorDistribution(TorchDistribution):
         ...         )
         >>> model().shape  # runs the real simulator
         torch.Size([10, 2])
+
+        A stimulus per trial, shared by all subjects (`theta (3, 1)`, `u (10, 1, 1)`):
+
+        >>> def shifted(theta, u):
+        ...     return theta + u + 0.1 * torch.randn_like(theta)
+        >>> u = torch.linspace(-1.0, 1.0, 10).reshape(10, 1, 1)
+        >>> d = SimulatorDistribution(shifted, torch.zeros(3, 1), NLE(), condition=u,
+        ...                           x_shape=(1,))
+        >>> d.batch_shape, d.sample().shape
+        (torch.Size([10, 3]), torch.Size([10, 3, 1]))
     """
 
     arg_constraints = {"theta": constraints.real_vector}
@@ -79,6 +107,7 @@ class SimulatorDistribution(TorchDistribution):
         theta: Tensor,
         estimator: Estimator,
         *,
+        condition: Tensor | None = None,
         x_shape: tuple[int, ...] | Size | None = None,
         batched: bool = True,
         numpy: bool = False,
@@ -97,12 +126,11 @@ class SimulatorDistribution(TorchDistribution):
                 f"SimulatorDistribution({name}): estimator must be a pyro_sbi estimator such "
                 f"as NLE(); got {type(estimator).__name__}"
             )
-        if estimator.theta_dim is not None and theta.shape[-1] != estimator.theta_dim:
-            raise ValueError(
-                f"SimulatorDistribution({name}): theta has {theta.shape[-1]} parameters "
-                f"(shape {tuple(theta.shape)}) but the estimator was trained with "
-                f"{estimator.theta_dim}"
-            )
+        batch_shape = theta.shape[:-1]
+        if condition is not None:
+            condition = _checked_condition(name, condition, theta)
+            batch_shape = torch.broadcast_shapes(batch_shape, condition.shape[:-1])
+        _check_context_dim(name, estimator, theta, condition)
         if x_shape is not None:
             x_shape = Size(x_shape)
             if estimator.x_shape is not None and x_shape != estimator.x_shape:
@@ -114,12 +142,40 @@ class SimulatorDistribution(TorchDistribution):
             x_shape = estimator.x_shape
         self.simulator = simulator
         self.theta = theta
+        self.condition = condition
         self.estimator = estimator
         self.batched = batched
         self.numpy = numpy
         self.x_shape = x_shape
         event_shape = x_shape if x_shape is not None else Size()
-        super().__init__(theta.shape[:-1], event_shape, validate_args=validate_args)
+        super().__init__(batch_shape, event_shape, validate_args=validate_args)
+
+    @property
+    def condition_dim(self) -> int:
+        """The number `d_u` of columns of the condition (0 without one)."""
+        return 0 if self.condition is None else self.condition.shape[-1]
+
+    @property
+    def context(self) -> Tensor:
+        r"""What the estimator is conditioned on: `theta`, or `[theta, condition]`.
+
+        Returns:
+            `(*, D + d_u)`, broadcastable to `batch_shape + (D + d_u,)`: `theta` itself
+            without a condition; with one, `theta` and the condition concatenated on
+            the broadcast of their distinct batch shapes (a `theta` shared by a plate of
+            trials with one condition for all trials stays one row).
+        """
+        if self.condition is None:
+            return self.theta
+        theta, condition = distinct(self.theta), distinct(self.condition)
+        batch = torch.broadcast_shapes(theta.shape[:-1], condition.shape[:-1])
+        return torch.cat(
+            [
+                theta.expand(batch + theta.shape[-1:]),
+                condition.expand(batch + condition.shape[-1:]),
+            ],
+            -1,
+        )
 
     @property
     def support(self) -> constraints.Constraint:
@@ -137,9 +193,11 @@ class SimulatorDistribution(TorchDistribution):
         """Broadcasts to `batch_shape` without copying or repeating `theta`."""
         new = self._get_checked_instance(SimulatorDistribution, _instance)
         batch_shape = Size(batch_shape)
-        theta_batch = self.theta.shape[:-1]
+        own = [self.theta.shape[:-1]]
+        if self.condition is not None:
+            own.append(self.condition.shape[:-1])
         try:
-            compatible = torch.broadcast_shapes(theta_batch, batch_shape) == batch_shape
+            compatible = torch.broadcast_shapes(*own, batch_shape) == batch_shape
         except RuntimeError:
             compatible = False
         if not compatible:
@@ -147,7 +205,8 @@ class SimulatorDistribution(TorchDistribution):
                 f"SimulatorDistribution({_name(self.simulator)}): cannot expand batch shape "
                 f"{tuple(self.batch_shape)} to {tuple(batch_shape)}"
             )
-        for key in ("simulator", "theta", "estimator", "batched", "numpy", "x_shape"):
+        keys = ("simulator", "theta", "condition", "estimator", "batched", "numpy", "x_shape")
+        for key in keys:
             setattr(new, key, getattr(self, key))
         super(SimulatorDistribution, new).__init__(batch_shape, self.event_shape, False)
         new._validate_args = self._validate_args
@@ -156,6 +215,7 @@ class SimulatorDistribution(TorchDistribution):
     def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         r"""Runs the real simulator once per element of `sample_shape + batch_shape`.
 
+        With a condition, the simulator gets each element's `theta` and condition.
         A failed simulation (see :func:`pyro_sbi.simulate`) gives a NaN output and a
         warning; more than half of them failing raises a
         :class:`~pyro_sbi.simulate.SimulationError`.
@@ -165,8 +225,13 @@ class SimulatorDistribution(TorchDistribution):
         """
         shape = Size(sample_shape) + self.batch_shape
         theta = self.theta.detach().expand(shape + self.theta.shape[-1:])
+        simulator = self.simulator
+        if self.condition is not None:  # rows [theta, condition], split again for the call
+            condition = self.condition.expand(shape + self.condition.shape[-1:])
+            theta = torch.cat([theta, condition.to(theta.dtype)], -1)
+            simulator = _WithCondition(simulator, self.theta.shape[-1])
         simulations = simulate(
-            self.simulator,
+            simulator,
             theta.reshape(-1, theta.shape[-1]),
             batched=self.batched,
             numpy=self.numpy,
@@ -193,6 +258,9 @@ class SimulatorDistribution(TorchDistribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         r"""The estimator's log-density of `value` at `theta`, differentiable in `theta`.
+
+        With a condition, the estimator is evaluated at the context
+        `[theta, condition]` (see :attr:`context`).
 
         When :func:`pyro_sbi.train` saw simulations fail, the estimator carries a
         :class:`~pyro_sbi.validity.ValidityClassifier` and
@@ -230,12 +298,115 @@ class SimulatorDistribution(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         estimator.warn_if_outside(value)
-        log_p = estimator.log_prob(value, self.theta)
+        context = self.context
+        log_p = estimator.log_prob(value, context)
         if estimator.validity is not None:  # an observed x is a valid simulation
-            log_p = log_p + estimator.validity.log_prob(self.theta)
+            log_p = log_p + estimator.validity.log_prob(context)
         return log_p.expand(
             torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
         )
+
+
+class _WithCondition:
+    """`simulator(theta, condition)` as a simulator of rows `[theta, condition]`.
+
+    The simulation engine sees one array of parameters; this splits its columns again,
+    so batching, seeds, failures, executors and stores work unchanged. It carries the
+    name and module of the wrapped simulator (which a store checks), forwards a `seed`
+    keyword when the simulator takes one, and pickles when the simulator does.
+
+    Arguments:
+        simulator: `simulator(theta (n, D), condition (n, d_u)) -> x (n, *x_shape)`, or
+            one row of each, `(D,)` and `(d_u,)`.
+        theta_dim: `D`, the number of leading columns that are parameters.
+    """
+
+    def __init__(self, simulator: Callable, theta_dim: int) -> None:
+        self.simulator = simulator
+        self.theta_dim = theta_dim
+        self.__wrapped__ = simulator  # inspect.signature sees its `seed` keyword
+        self.__name__ = _name(simulator)
+        target = simulator if hasattr(simulator, "__qualname__") else type(simulator)
+        self.__module__ = getattr(target, "__module__", "?")
+        self.__qualname__ = target.__qualname__
+
+    def __call__(self, rows, **kwargs):
+        """`rows (n, D + d_u)` (or `(D + d_u,)`) -> the simulator's output."""
+        theta, condition = rows[..., : self.theta_dim], rows[..., self.theta_dim :]
+        if isinstance(rows, Tensor):
+            theta, condition = theta.contiguous(), condition.contiguous()
+        else:
+            theta, condition = np.ascontiguousarray(theta), np.ascontiguousarray(condition)
+        return self.simulator(theta, condition, **kwargs)
+
+
+def _checked_condition(name: str, condition: object, theta: Tensor) -> Tensor:
+    """`condition` as a float tensor of shape `(*, d_u)` broadcasting against `theta`."""
+    if getattr(condition, "requires_grad", False):
+        raise ValueError(
+            f"SimulatorDistribution({name}): the condition requires grad, but it is a known "
+            "input of the simulator and is never differentiated; pass condition.detach(), "
+            "or make the quantity a parameter (a column of theta) if it is to be inferred"
+        )
+    condition = torch.as_tensor(condition)
+    if condition.is_complex():
+        raise ValueError(f"SimulatorDistribution({name}): the condition must be real")
+    condition = condition.to(torch.get_default_dtype())
+    if condition.dim() < 1:
+        raise ValueError(
+            f"SimulatorDistribution({name}): condition must have shape (*batch_shape, d_u) "
+            f"with an input dimension d_u; got a tensor of shape {tuple(condition.shape)}. "
+            "For a single input use condition.unsqueeze(-1)."
+        )
+    try:
+        torch.broadcast_shapes(theta.shape[:-1], condition.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"SimulatorDistribution({name}): the condition of shape {tuple(condition.shape)} "
+            f"does not broadcast against theta of shape {tuple(theta.shape)}: their batch "
+            f"shapes {tuple(condition.shape[:-1])} and {tuple(theta.shape[:-1])} (all but "
+            "the last dimension) must broadcast, e.g. theta (subjects, D) with a condition "
+            "(trials, subjects, d_u) or (trials, 1, d_u)"
+        ) from None
+    if not bool(torch.isfinite(condition).all()):
+        raise ValueError(
+            f"SimulatorDistribution({name}): the condition of shape {tuple(condition.shape)} "
+            f"holds {int((~torch.isfinite(condition)).sum())} non-finite entries (NaN or inf)"
+        )
+    return condition
+
+
+def _check_context_dim(
+    name: str, estimator: Estimator, theta: Tensor, condition: Tensor | None
+) -> None:
+    """Raises when `theta` and `condition` do not have the columns the estimator learned."""
+    if estimator.theta_dim is None:
+        return
+    dim = theta.shape[-1]
+    condition_dim = 0 if condition is None else condition.shape[-1]
+    learned = getattr(estimator, "condition_dim", None)  # None: unknown (fitted directly)
+    if dim + condition_dim == estimator.theta_dim and learned in (None, condition_dim):
+        return
+    given = f"theta has {dim} parameters (shape {tuple(theta.shape)})"
+    if condition is not None:
+        given += (
+            f" and the condition {condition_dim} columns (shape {tuple(condition.shape)}), "
+            f"{dim + condition_dim} in all,"
+        )
+    if learned is None:
+        trained = str(estimator.theta_dim)
+        if condition is not None:
+            trained += " (the parameters and the condition together)"
+    elif learned == 0:
+        trained = f"{estimator.theta_dim} parameters and no condition"
+    else:
+        trained = (
+            f"{estimator.theta_dim - learned} parameters and a condition of {learned} "
+            f"columns (condition=... of shape (*batch_shape, {learned}))"
+        )
+    raise ValueError(
+        f"SimulatorDistribution({name}): {given} but the estimator was trained with {trained}"
+    )
 
 
 def _latent_ratio_message(fn: SimulatorDistribution) -> str:

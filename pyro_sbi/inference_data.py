@@ -324,8 +324,16 @@ class _Runner:
                 "outside": None,
             }
             if simulator is not None and simulator.estimator.trained:
-                theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
-                result["outside"] = simulator.estimator.outside(theta).any(-1)
+                if simulator.condition is None:
+                    theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
+                    result["outside"] = simulator.estimator.outside(theta).any(-1)
+                else:  # [theta, condition] on their distinct rows, then per draw
+                    outside = simulator.estimator.outside(simulator.context)
+                    if vectorized:  # the draws are dim -nesting - 1, perhaps broadcast
+                        pad = (1,) * (self.nesting + 1 - outside.dim())
+                        outside = outside.reshape(pad + outside.shape)
+                        outside = outside.expand(size, *outside.shape[1:])
+                    result["outside"] = outside.reshape(size, -1).any(-1)
             sites[name] = result
         return sites
 

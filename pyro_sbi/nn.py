@@ -121,7 +121,10 @@ class Estimator(nn.Module):
 
     Attributes:
         x_shape: the simulator's output shape, `None` before the first fit.
-        theta_dim: the number of parameters `D`, `None` before the first fit.
+        theta_dim: the number of parameters `D`, `None` before the first fit (with a
+            condition, the columns `D + d_u` of the context `[theta, condition]`).
+        condition_dim: how many of those columns are a condition `d_u` (set by
+            :func:`pyro_sbi.train`, 0 for none; `None` when unknown).
         normalized: whether :meth:`log_prob` is a normalised density in `x`.
         fit_defaults: options of :func:`pyro_sbi.fit.fit` that this kind of estimator
             trains with unless :meth:`fit` is given others.
@@ -135,6 +138,7 @@ class Estimator(nn.Module):
         self.z_score = z_score
         self.x_shape: Size | None = None
         self.theta_dim: int | None = None
+        self.condition_dim: int | None = None
         self.num_simulations = 0
         self.validity: Estimator | None = None
         for name in _BUFFERS:
@@ -191,6 +195,7 @@ class Estimator(nn.Module):
         self._remember_region(theta)
         self.num_simulations = 0
         self.validity = None  # belongs to the previous training data
+        self.condition_dim = None  # set by whoever knows the columns (train)
         self._build()
 
     def _build(self) -> None:
@@ -302,6 +307,8 @@ class Estimator(nn.Module):
             "theta_dim": self.theta_dim,
             "num_simulations": self.num_simulations,
         }
+        if self.condition_dim is not None:
+            header["condition_dim"] = self.condition_dim
         if self.validity is not None:
             header["validity"] = {
                 "options": self.validity.config(),
@@ -344,6 +351,7 @@ class Estimator(nn.Module):
             raise ValueError(f"{path} holds a {header['class']}, not a {cls.__name__}")
         estimator = cls.from_config(header["options"], **overrides)
         estimator.theta_dim = header["theta_dim"]
+        estimator.condition_dim = header.get("condition_dim")
         estimator.x_shape = Size(header["x_shape"])
         for name in _BUFFERS:
             setattr(estimator, name, state.get(name))

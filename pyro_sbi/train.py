@@ -7,7 +7,15 @@ counted once: a `theta` shared by 100 i.i.d. trials is one simulation, and the
 estimator learns the single-trial likelihood. The model is run vectorised under an
 extra outer plate (as Pyro's `Predictive(parallel=True)` does), falling back to
 repeated runs when the model cannot be vectorised. Each site's simulator then runs
-once per drawn `theta`, and the site's estimator is fitted to the pairs.
+once per drawn `theta`, and the site's estimator is fitted to the pairs. A parameter
+computed per trial (`v = b0 + b1 * coherence` inside a plate of trials) differs from
+trial to trial, so each (draw, trial) row is simulated once.
+
+A site with a `condition` (known inputs of the simulator, such as a stimulus per
+trial) is simulated at the model's own design: each drawn `theta` with each condition
+it meets in the model (broadcast as the site broadcasts them), every distinct pair
+once, and the estimator learns :math:`q(x \mid \theta, u)` from rows
+`[theta, condition]`. `num_simulations` counts these pairs.
 
 Simulations run through :func:`~pyro_sbi.simulate`: on an executor, seeded, with
 failures recorded and left out of training. When some failed, a
@@ -38,7 +46,7 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from torch.distributions import Distribution
 
-from pyro_sbi.distribution import SimulatorDistribution
+from pyro_sbi.distribution import SimulatorDistribution, _WithCondition
 from pyro_sbi.fit import History
 from pyro_sbi.nn import Estimator
 from pyro_sbi.simulate import Simulations, _as_count, simulate
@@ -52,7 +60,8 @@ class SiteReport:
     Attributes:
         sites: the sample sites that share the estimator.
         estimator: the trained estimator.
-        theta: `(n, D)` parameters of the successful simulations (all rounds).
+        theta: `(n, D)` parameters of the successful simulations (all rounds); for a
+            site with a condition, `(n, D + d_u)` rows `[theta, condition]`.
         x: `(n, *x_shape)` their simulator outputs.
         num_failed: simulations left out because they failed.
         history: the training history (one per member for an
@@ -129,7 +138,9 @@ def train(
             share one estimator object); a float with an integral value, such as `1e4`,
             is taken as that integer.
         proposal: draw `theta (num_simulations, D)` from this distribution instead of
-            the prior (a mapping from site name to distribution for several sites).
+            the prior (a mapping from site name to distribution for several sites). At a
+            site with a condition, each draw is paired with a condition row of the
+            model's design, chosen at random.
         simulation_batch_size: parameters per simulator call (all at once by default).
         fit_options: options of :func:`pyro_sbi.fit.fit`, e.g.
             `{"max_epochs": 200, "batch_size": 512}`; an unknown key is refused before
@@ -252,7 +263,7 @@ def train(
                         site_seed = None  # the stored root seed goes on
                 records[name].append(
                     simulate(
-                        site.simulator,
+                        _engine_simulator(site),
                         theta,
                         batch_size=simulation_batch_size,
                         batched=site.batched,
@@ -328,6 +339,7 @@ def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:
             stacklevel=3,
         )
     history = estimator.fit(theta, x, **fit_options)
+    estimator.condition_dim = collector.sites[names[0]].condition_dim  # columns of theta
     if num_failed and validity:
         classifier = ValidityClassifier()
         classifier.fit(theta_all, ok.to(theta_all.dtype).unsqueeze(-1), **fit_options)
@@ -369,7 +381,7 @@ def _posterior_theta(
             _extend(thetas, one, set(shares))
         joined = {name: torch.cat(parts) for name, parts in thetas.items()}
     else:
-        joined = {name: _distinct(run.sites[name].theta) for name in shares}
+        joined = {name: _rows(run.sites[name]) for name in shares}
     out = {}
     for name, share in shares.items():
         theta = joined[name]
@@ -474,7 +486,7 @@ def _draw_theta(model, args, kwargs, collector, shares, proposal) -> dict[str, T
                     f"site {name!r}: the proposal gives theta of shape "
                     f"{tuple(theta.shape[1:])}; the site has {dim} parameters"
                 )
-            thetas[name] = [theta.detach()]
+            thetas[name] = [_with_design(collector.sites[name], theta.detach())]
     missing = {name for name in shares if not thetas[name]}
     _extend(thetas, collector, missing)  # the first run is used too
 
@@ -504,7 +516,28 @@ def _draw_theta(model, args, kwargs, collector, shares, proposal) -> dict[str, T
 def _extend(thetas: dict[str, list[Tensor]], run: _Collector, names: set[str]) -> None:
     for name in names:
         if name in run.sites:
-            thetas[name].append(_distinct(run.sites[name].theta))
+            thetas[name].append(_rows(run.sites[name]))
+
+
+def _rows(site: SimulatorDistribution) -> Tensor:
+    """`(n, D + d_u)` distinct rows to simulate: `theta`, or `[theta, condition]`."""
+    return _distinct(site.context)
+
+
+def _engine_simulator(site: SimulatorDistribution) -> Callable:
+    """The site's simulator as the engine calls it: on rows `[theta, condition]`."""
+    if site.condition is None:
+        return site.simulator
+    return _WithCondition(site.simulator, site.theta.shape[-1])
+
+
+def _with_design(site: SimulatorDistribution, theta: Tensor) -> Tensor:
+    """`(n, D)` proposal draws, each with a condition row of the site's design at random."""
+    if site.condition is None:
+        return theta
+    design = _distinct(site.condition)
+    chosen = design[torch.randint(len(design), (len(theta),))]
+    return torch.cat([theta.to(chosen.dtype), chosen], -1)
 
 
 def _distinct(theta: Tensor) -> Tensor:
@@ -517,7 +550,7 @@ def _distinct(theta: Tensor) -> Tensor:
 
 
 def _count(site: SimulatorDistribution) -> int:
-    return len(_distinct(site.theta))
+    return len(_rows(site))
 
 
 def _group_by_estimator(sites: Mapping[str, SimulatorDistribution]) -> dict[int, list[str]]:
@@ -530,6 +563,13 @@ def _group_by_estimator(sites: Mapping[str, SimulatorDistribution]) -> dict[int,
             raise ValueError(
                 f"sites {names} share one estimator but have different numbers of "
                 f"parameters {sorted(dims)}; give each its own estimator"
+            )
+        columns = {sites[name].condition_dim for name in names}
+        if len(columns) > 1:
+            raise ValueError(
+                f"sites {names} share one estimator but have conditions of different "
+                f"numbers of columns {sorted(columns)} (0: no condition); give each its own "
+                "estimator"
             )
     return groups
 
