@@ -153,3 +153,30 @@ def test_sbi_comparison_leaves_no_logs_in_the_working_directory(tmp_path, monkey
     )  # fmt: skip
     assert rows[0].sbi_c2st is not None
     assert not (tmp_path / "sbi-logs").exists()
+
+
+def test_benchmark_suite_broad_runs_every_broad_task(monkeypatch):
+    from pyro_sbi import tasks
+
+    calls = []
+    monkeypatch.setattr(compare, "run", lambda tasks_, *a, **k: calls.append(tasks_) or [])
+    compare.main(["--suite", "broad", "--num-simulations", "300"])
+    compare.main(["--suite", "broad", "--tasks", "two_moons"])
+    compare.main([])
+    assert calls == [list(tasks.BROAD), ["two_moons", *tasks.BROAD], ["two_moons"]]
+    assert len(set(compare.ALL_TASKS)) == len(compare.ALL_TASKS)
+    assert compare.ALL_TASKS[: len(compare.TASKS)] == compare.TASKS  # seeds unchanged
+
+
+def test_benchmark_runs_a_broad_task(recorded):
+    """Catches a broad task's row scored against another observation's reference."""
+    from pyro_sbi.tasks import sign_symmetric
+
+    rows = compare.run(
+        ["sign_symmetric"], ["nle"], [300], [2], seed=0, log=lambda *a, **k: None,
+        num_posterior=250, fit_options={"max_epochs": 2},
+    )  # fmt: skip
+    assert [(r.task, r.method, r.budget, r.observation) for r in rows] == [
+        ("sign_symmetric", "nle", 300, 2)
+    ]
+    check_scores(rows, sign_symmetric, recorded, 250)

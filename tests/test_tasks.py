@@ -1,12 +1,25 @@
 """The benchmark tasks and their reference posteriors."""
 
+import importlib
 import math
 
 import pytest
 import torch
 
-from pyro_sbi import c2st
-from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, slcp, two_moons
+from pyro_sbi import c2st, tasks
+from pyro_sbi.tasks import (
+    bernoulli_glm,
+    damped_oscillator,
+    ddm,
+    gaussian_linear,
+    gaussian_linear_correlated,
+    gaussian_mixture,
+    normal_summaries,
+    sign_symmetric,
+    sir,
+    slcp,
+    two_moons,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -202,3 +215,242 @@ def test_ddm_reference_matches_nuts_on_the_exact_likelihood():
     mcmc = MCMC(kernel, num_samples=1000, warmup_steps=500, disable_progbar=True)
     mcmc.run(None, ddm.observation(1))  # estimator None: the exact likelihood
     assert c2st(reference, mcmc.get_samples()["theta"], seed=1) < 0.56
+
+
+# The broad suite: shapes, supports, deterministic observations, and each reference
+# against something computed without the grid or the sampler that made it.
+
+BROAD = {name: importlib.import_module(f"pyro_sbi.tasks.{name}") for name in tasks.BROAD}
+
+
+@pytest.mark.parametrize("name", tasks.BROAD)
+def test_broad_task_shapes_and_support(name):
+    task = BROAD[name]
+    theta = task.prior().sample((7,))
+    assert theta.shape == (7, task.DIM)
+    x = task.simulator(theta)
+    assert x.shape == (7, task.X_DIM) and torch.isfinite(x).all()
+    assert task.log_likelihood(x, theta).shape == (7,)
+    x_o, theta_o = task.observation(1), task.true_parameters(1)
+    assert x_o.shape == (task.X_DIM,) and theta_o.shape == (task.DIM,)
+    for i in range(1, 11):  # each observation is plausible under its true parameters
+        assert task.prior().support.check(task.true_parameters(i)).all()
+        assert torch.isfinite(task.log_likelihood(task.observation(i), task.true_parameters(i)))
+    with pytest.raises(ValueError, match="observations 1 to 10"):
+        task.observation(11)
+
+
+@pytest.mark.parametrize("name", tasks.BROAD)
+def test_broad_task_model_has_the_simulator_site(name):
+    import pyro
+
+    from pyro_sbi import NLE
+
+    task = BROAD[name]
+    trace = pyro.poutine.trace(task.model).get_trace(NLE(), task.observation(2))
+    assert trace.nodes["theta"]["value"].shape == (task.DIM,)
+    assert torch.equal(trace.nodes["x"]["value"], task.observation(2))
+
+
+@pytest.mark.parametrize("name", tasks.BROAD)
+def test_broad_observations_are_deterministic(name):
+    task = BROAD[name]
+    make = task._observation.__wrapped__  # past the cache
+    state = torch.get_rng_state()
+    torch.manual_seed(123)
+    x, theta = make(3)
+    torch.manual_seed(456)
+    again = make(3)
+    assert torch.equal(x, again[0]) and torch.equal(theta, again[1])
+    assert torch.equal(x, task.observation(3)) and torch.equal(theta, task.true_parameters(3))
+    torch.set_rng_state(state)
+    make(4)
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is left alone
+    assert not torch.equal(task.observation(1), task.observation(2))
+
+
+@pytest.mark.parametrize("name", tasks.BROAD)
+def test_broad_reference_is_cached_and_in_the_support(name):
+    task = BROAD[name]
+    reference = task.reference_posterior(1, 2000)
+    assert reference.shape == (2000, task.DIM) and torch.isfinite(reference).all()
+    assert reference.dtype == torch.get_default_dtype()
+    assert task.prior().support.check(reference).all()
+    assert torch.equal(reference, task.reference_posterior(1, 2000))
+
+
+def importance_moments(task, x, n, seed=0):
+    """Posterior mean and sd by self-normalised importance sampling from the prior."""
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    theta = task.prior().sample((n,)).double()
+    torch.set_rng_state(generator_state)
+    log_w = torch.cat([task.log_likelihood(x.double(), part) for part in theta.split(100_000)])
+    w = torch.softmax(log_w, 0)
+    mean = (w[:, None] * theta).sum(0)
+    sd = (w[:, None] * (theta - mean) ** 2).sum(0).sqrt()
+    return mean, sd, float(1 / (w**2).sum())
+
+
+GRID_CHECKS = {  # task: (observation, prior draws for importance sampling)
+    "poisson_glm": (1, 1_000_000),
+    "sir": (1, 1_000_000),
+    "damped_oscillator": (1, 1_000_000),
+    "student_t": (1, 200_000),
+    "beta_proportions": (1, 200_000),
+    "sign_symmetric": (1, 200_000),
+    "product_ridge": (1, 200_000),
+    "gamma_times": (1, 200_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(GRID_CHECKS))
+def test_broad_grid_reference_matches_importance_sampling(name):
+    """The grid's draws against moments of prior draws weighted by the exact likelihood."""
+    task = BROAD[name]
+    i, n = GRID_CHECKS[name]
+    reference = task.reference_posterior(i, 4000).double()
+    mean, sd, ess = importance_moments(task, task.observation(i), n)
+    assert ess > 1000
+    assert ((reference.mean(0) - mean).abs() / sd).max() < 0.1
+    assert ((reference.std(0) / sd - 1).abs()).max() < 0.1
+
+
+def test_sign_symmetric_reference_has_four_equal_modes():
+    x = sign_symmetric.observation(1)
+    assert (x > 0.5).all()  # far enough from 0 that the modes are apart
+    reference = sign_symmetric.reference_posterior(1, 4000)
+    quadrant = 2 * (reference[:, 0] > 0).long() + (reference[:, 1] > 0).long()
+    shares = torch.bincount(quadrant, minlength=4).float() / 4000
+    assert (shares - 0.25).abs().max() < 0.03
+
+
+def test_normal_summaries_reference_matches_the_closed_form_marginals():
+    x = normal_summaries.observation(1)
+    mean, sd = float(x[0]), float(x[1])
+    reference = normal_summaries.reference_posterior(1, 10_000).double()
+    n = normal_summaries.DRAWS
+    # sigma's marginal: the mean integrates out (the prior box is wide), leaving
+    # sigma^-(n-1) exp(-(n-1) s^2 / (2 sigma^2)) on [0.5, 2], integrated numerically
+    sigma = torch.linspace(0.5, 2.0, 200_001, dtype=torch.float64)
+    log_p = -(n - 1) * sigma.log() - (n - 1) * sd**2 / (2 * sigma**2)
+    p = torch.softmax(log_p, 0)
+    sigma_mean = float((p * sigma).sum())
+    sigma_sd = float((p * (sigma - sigma_mean) ** 2).sum().sqrt())
+    assert abs(float(reference[:, 1].mean()) - sigma_mean) < 0.05 * sigma_sd
+    assert abs(float(reference[:, 1].std()) / sigma_sd - 1) < 0.05
+    # the mean given sigma is N(x_bar, sigma^2 / n): marginally its sd is E[sigma^2]^0.5 / sqrt(n)
+    mu_sd = math.sqrt(float((p * sigma**2).sum()) / n)
+    assert abs(float(reference[:, 0].mean()) - mean) < 0.05 * mu_sd
+    assert abs(float(reference[:, 0].std()) / mu_sd - 1) < 0.05
+    # the posterior is more than ten times narrower than the prior (sd 10 / 12^0.5, 1.5 / 12^0.5)
+    assert (reference.std(0) < torch.tensor([10.0, 1.5]) / math.sqrt(12) / 10).all()
+
+
+def test_normal_summaries_likelihood_matches_the_simulator():
+    theta = torch.tensor([0.5, 1.5])
+    x = normal_summaries.simulator(theta.expand(4000, 2)).double()
+    n = normal_summaries.DRAWS
+    assert abs(float(x[:, 0].std()) / (1.5 / math.sqrt(n)) - 1) < 0.05
+    chi2 = (n - 1) * x[:, 1] ** 2 / 1.5**2  # chi-square with n - 1 degrees of freedom
+    assert abs(float(chi2.mean()) - (n - 1)) < 4 * math.sqrt(2 * (n - 1) / 4000)
+    grid = torch.linspace(1.3, 1.7, 4001, dtype=torch.float64)
+    points = torch.stack([torch.full_like(grid, 0.5), grid], -1)
+    density = normal_summaries.log_likelihood(points, theta.double()).exp()
+    # integrates to the mean's density at its mode, sqrt(n / (2 pi)) / sigma
+    mass = float(density.sum() * (grid[1] - grid[0]))
+    assert abs(mass / (math.sqrt(n / (2 * math.pi)) / 1.5) - 1) < 1e-3
+
+
+def test_gaussian_linear_correlated_posterior_is_prior_times_likelihood():
+    x = gaussian_linear_correlated.observation(1).double()
+    posterior = gaussian_linear_correlated.posterior(x)
+    theta = 0.3 * torch.randn(50, 5, dtype=torch.float64) + posterior.mean
+    prior = torch.distributions.Normal(torch.zeros(5, dtype=torch.float64), 1.0)
+    joint = prior.log_prob(theta).sum(-1) + gaussian_linear_correlated.log_likelihood(x, theta)
+    difference = posterior.log_prob(theta) - joint  # the log evidence, the same for every theta
+    assert float(difference.std()) < 1e-8
+    reference = gaussian_linear_correlated.reference_posterior(1, 20_000).double()
+    mean, sd, ess = importance_moments(gaussian_linear_correlated, x, 1_000_000)
+    assert ess > 1000
+    assert ((reference.mean(0) - mean).abs() / sd).max() < 0.1
+    assert torch.allclose(reference.mean(0), posterior.mean, atol=0.02)
+    assert torch.allclose(reference.std(0), posterior.variance.sqrt(), rtol=0.05)
+
+
+def test_gaussian_linear_correlated_simulator_has_the_noise_covariance():
+    x = gaussian_linear_correlated.simulator(torch.zeros(20_000, 5)).double()
+    covariance = x.T @ x / len(x)
+    expected = gaussian_linear_correlated.noise_covariance(torch.float64)
+    assert (covariance - expected).abs().max() < 0.01
+
+
+def test_bernoulli_glm_statistics_are_sbibms():
+    """X^T y is sbibm's spike count and its convolution-based spike-triggered sums."""
+    y = torch.bernoulli(torch.full((100,), 0.3))
+    stimulus = bernoulli_glm.stimulus()
+    sta = torch.nn.functional.conv1d(y.reshape(1, 1, -1), stimulus.reshape(1, 1, -1), padding=8)
+    published = torch.cat([y.sum()[None], sta.squeeze()[-9:]])
+    assert torch.allclose(y @ bernoulli_glm.design(), published, atol=1e-5)
+    assert abs(float(stimulus[0]) - 0.4967141530112327) < 1e-6  # RandomState(42).randn
+
+
+def test_bernoulli_glm_reference_matches_importance_sampling():
+    """Rejection draws against moments weighted from a Gaussian proposal of another width."""
+    x = bernoulli_glm.observation(1)
+    reference = bernoulli_glm.reference_posterior(1, 4000).double()
+    proposal = torch.distributions.MultivariateNormal(
+        reference.mean(0), covariance_matrix=2.0 * torch.cov(reference.T)
+    )
+    theta = proposal.sample((200_000,))
+    log_w = bernoulli_glm.log_posterior(x, theta) - proposal.log_prob(theta)
+    w = torch.softmax(log_w, 0)[:, None]
+    mean = (w * theta).sum(0)
+    sd = (w * (theta - mean) ** 2).sum(0).sqrt()
+    assert float(1 / (w**2).sum()) > 5000
+    assert ((reference.mean(0) - mean).abs() / sd).max() < 0.1
+    assert ((reference.std(0) / sd - 1).abs()).max() < 0.1
+
+
+def test_damped_oscillator_matrix_powers_are_the_rk4_steps():
+    theta = damped_oscillator.prior().sample((500,)).double()
+    steps, powers = damped_oscillator.solve(theta), damped_oscillator.solve_linear(theta)
+    assert torch.allclose(steps, powers, atol=1e-10)
+    # and RK4 with h = 0.05 is close to the exact solution of the underdamped oscillator
+    omega, zeta, y0 = theta.unbind(-1)
+    t = torch.arange(1, 11, dtype=torch.float64)
+    damped = omega * (1 - zeta**2).sqrt()
+    exact = (
+        y0[:, None]
+        * torch.exp(-zeta[:, None] * omega[:, None] * t)
+        * (
+            torch.cos(damped[:, None] * t)
+            + zeta[:, None] / (1 - zeta[:, None] ** 2).sqrt() * torch.sin(damped[:, None] * t)
+        )
+    )
+    assert (steps - exact).abs().max() < 1e-3
+
+
+def test_sir_likelihood_is_the_product_of_the_daily_binomials():
+    theta, x = sir.true_parameters(1).double(), sir.observation(1).double()
+    beta, gamma = theta.tolist()
+    s, i, total = float(sir.POPULATION - sir.INFECTED), float(sir.INFECTED), 0.0
+    for day in range(sir.DAYS):
+        new, gone = x[day], x[sir.DAYS + day]
+        infect = 1 - math.exp(-beta * i / sir.POPULATION)
+        total += float(
+            torch.distributions.Binomial(s, torch.tensor(infect, dtype=torch.float64)).log_prob(
+                new
+            )
+        )
+        recover = 1 - math.exp(-gamma)
+        total += float(
+            torch.distributions.Binomial(i, torch.tensor(recover, dtype=torch.float64)).log_prob(
+                gone
+            )
+        )
+        s, i = s - float(new), i + float(new - gone)
+    assert abs(float(sir.log_likelihood(x, theta)) - total) < 1e-6
+    impossible = x.clone()
+    impossible[sir.DAYS] = sir.INFECTED + 1  # more recoveries than infected on day 0
+    assert sir.log_likelihood(impossible, theta) == -math.inf

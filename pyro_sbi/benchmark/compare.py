@@ -3,6 +3,11 @@ r"""Accuracy and time on the standard tasks, optionally side by side with `sbi`.
 ``python -m pyro_sbi.benchmark --tasks two_moons slcp --methods nle nre
 --num-simulations 1000 10000 --observations 1 2 3 [--compare sbi] [--json out.json]``
 
+``--suite broad`` runs every task of the broad suite (:data:`pyro_sbi.tasks.BROAD`:
+counts, binary data, an ODE, heavy tails, bounded and skewed data, 25-D data, narrow,
+multimodal and correlated posteriors), ``--suite sbibm`` the standard tasks; ``--tasks``
+adds single tasks to a suite or, alone, picks them.
+
 For each task and budget it simulates once from the prior (a fixed seed per task and
 budget). For each method it trains the estimator once on those simulations (NLE and
 NRE are amortised: one training serves every observation), then for each observation
@@ -55,7 +60,11 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from pyro_sbi.tasks import BROAD
+
 TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
+SUITES = {"sbibm": TASKS, "broad": BROAD}
+ALL_TASKS = TASKS + BROAD  # a task's index roots its simulation seed
 METHODS = ("nle", "nre", "mnle")
 NUM_POSTERIOR = 10_000
 
@@ -209,7 +218,7 @@ def run(
     for task_name in tasks:
         task = _task(task_name)
         for budget in budgets:
-            run_seed = seed + 1000 * budget + TASKS.index(task_name)
+            run_seed = seed + 1000 * budget + ALL_TASKS.index(task_name)
             amortised = [m for m in methods if _applies(task, m)] if 1 in rounds else []
             if amortised:  # one set of simulations serves every amortised estimator
                 torch.manual_seed(run_seed)
@@ -355,7 +364,14 @@ def main(argv: list[str] | None = None) -> list[Row]:
         prog="python -m pyro_sbi.benchmark",
         description="C2ST and seconds on the standard SBI tasks, optionally beside sbi.",
     )
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=["two_moons"])
+    parser.add_argument(
+        "--tasks", nargs="+", choices=ALL_TASKS, default=None,
+        help="tasks to run (default: two_moons, or the tasks of --suite)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--suite", choices=sorted(SUITES), default=None,
+        help="every task of a suite: sbibm (the standard tasks) or broad (the broad suite)",
+    )  # fmt: skip
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["nle"])
     parser.add_argument("--num-simulations", nargs="+", type=int, default=[1000])
     parser.add_argument("--observations", nargs="+", type=int, default=[1])
@@ -374,6 +390,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     args = parser.parse_args(argv)
     if min(args.rounds) < 1:
         parser.error("--rounds must be at least 1")
+    tasks = list(args.tasks or [])
+    if args.suite is not None:
+        tasks += [t for t in SUITES[args.suite] if t not in tasks]
+    tasks = tasks or ["two_moons"]
     if args.compare == "sbi":
         try:
             import sbi  # noqa: F401
@@ -392,7 +412,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                 json.dump({"versions": about, "rows": [asdict(r) for r in rows]}, file, indent=1)
 
     rows = run(
-        args.tasks, args.methods, args.num_simulations, args.observations,
+        tasks, args.methods, args.num_simulations, args.observations,
         compare=args.compare, seed=args.seed, progress=args.progress, on_row=save,
         rounds=args.rounds, flow=args.flow,
     )  # fmt: skip

@@ -16,12 +16,45 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
   time and a choice per observation (for MNLE), many-chain slice sampling on the exact
   first-passage-time density. Its ten observations are ours, made from fixed seeds
   (sbibm has no such task).
+
+The **broad suite** (:data:`BROAD`) holds problems of kinds the sbibm tasks leave out,
+for choosing defaults on problems nobody tuned them for; each has an exact likelihood
+(`log_likelihood(x, theta)`), ten observations made from seeds (true parameters drawn
+from the prior with seed :math:`i`, data simulated with seed :math:`1000 + i`) and a
+reference posterior from the exact likelihood: closed form, a refined grid over the
+prior's box (at most three parameters) or rejection sampling.
+
+- :mod:`~pyro_sbi.tasks.poisson_glm`: counts, a Poisson GLM (3 parameters, 10 counts);
+- :mod:`~pyro_sbi.tasks.sir`: counts, a chain-binomial SIR epidemic (2, 20);
+- :mod:`~pyro_sbi.tasks.bernoulli_glm`: binary spikes summarised (sbibm; 10, 10);
+- :mod:`~pyro_sbi.tasks.damped_oscillator`: an RK4-solved ODE with noise (3, 10);
+- :mod:`~pyro_sbi.tasks.student_t`: heavy-tailed data (2, 10);
+- :mod:`~pyro_sbi.tasks.beta_proportions`: bounded data in (0, 1) (2, 10);
+- :mod:`~pyro_sbi.tasks.gaussian_linear_correlated`: 25-D data with correlated noise
+  (5, 25);
+- :mod:`~pyro_sbi.tasks.normal_summaries`: a posterior hundreds of times narrower than
+  the prior (2, 2);
+- :mod:`~pyro_sbi.tasks.sign_symmetric`: four posterior modes (2, 2);
+- :mod:`~pyro_sbi.tasks.product_ridge`: strongly correlated parameters (2, 2);
+- :mod:`~pyro_sbi.tasks.gamma_times`: positive, skewed data (2, 10).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BROAD",
     "DriftDiffusion",
+    "bernoulli_glm",
+    "beta_proportions",
+    "damped_oscillator",
+    "gamma_times",
+    "gaussian_linear_correlated",
+    "normal_summaries",
+    "poisson_glm",
+    "product_ridge",
+    "sign_symmetric",
+    "sir",
+    "student_t",
     "ddm",
     "gaussian_linear",
     "gaussian_mixture",
@@ -32,5 +65,37 @@ __all__ = [
     "two_moons",
 ]
 
-from pyro_sbi.tasks import ddm, gaussian_linear, gaussian_mixture, slcp, two_moons
+from pyro_sbi.tasks import (
+    bernoulli_glm,
+    beta_proportions,
+    damped_oscillator,
+    ddm,
+    gamma_times,
+    gaussian_linear,
+    gaussian_linear_correlated,
+    gaussian_mixture,
+    normal_summaries,
+    poisson_glm,
+    product_ridge,
+    sign_symmetric,
+    sir,
+    slcp,
+    student_t,
+    two_moons,
+)
 from pyro_sbi.tasks.ddm import DriftDiffusion, ddm_log_prob, ddm_upper_prob, simulate_ddm
+
+BROAD = (
+    "poisson_glm",
+    "sir",
+    "bernoulli_glm",
+    "damped_oscillator",
+    "student_t",
+    "beta_proportions",
+    "gaussian_linear_correlated",
+    "normal_summaries",
+    "sign_symmetric",
+    "product_ridge",
+    "gamma_times",
+)
+"""The tasks of the broad suite (``python -m pyro_sbi.benchmark --suite broad``)."""

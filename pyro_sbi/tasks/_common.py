@@ -1,4 +1,8 @@
-"""Shared pieces of the benchmark tasks: the sbibm observations and a disk cache."""
+"""Shared pieces of the benchmark tasks: the observations and a disk cache.
+
+The sbibm tasks read their observations from `observations.json`; the tasks of the broad
+suite make theirs from seeds (:func:`seeded_observation`).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +33,25 @@ def observations(task: str, i: int) -> tuple[Tensor, Tensor]:
         torch.tensor(rows["observations"][i - 1], dtype=dtype),
         torch.tensor(rows["true_parameters"][i - 1], dtype=dtype),
     )
+
+
+def seeded_observation(
+    task: str, prior, simulator: Callable, i: int, count: int = 10
+) -> tuple[Tensor, Tensor]:
+    """Observation `i` (1 to `count`) made from seeds, and its true parameters.
+
+    The true parameters are one prior draw with torch's seed `i`, the observation one
+    simulation of them with seed `1000 + i`; torch's global generator is restored
+    afterwards.
+    """
+    if not 1 <= i <= count:
+        raise ValueError(f"{task} has observations 1 to {count}; got {i}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(i)
+        theta = prior.sample()
+        torch.manual_seed(1000 + i)
+        x = simulator(theta[None])[0]
+    return x, theta
 
 
 def cache_folder() -> Path:

@@ -1,0 +1,118 @@
+r"""Beta proportions: bounded data in :math:`(0, 1)`.
+
+Prior :math:`a, b \sim \mathcal{U}(1, 10)` independently; the simulator draws ten i.i.d.
+proportions
+
+.. math::
+
+    x_j \sim \mathrm{Beta}(a, b), \qquad j = 1, \dots, 10 ,
+
+the standard model of rates and fractions (beta regression, Ferrari & Cribari-Neto,
+2004, in its intercept-only form). Flows on the real line must learn a density that
+vanishes outside :math:`(0, 1)`. The draws are made in float64 and clamped to
+:math:`[10^{-6}, 1 - 10^{-6}]` before they are cast to the parameters' dtype (so float32
+never rounds one to 0 or 1); with :math:`a, b \ge 1` a draw is clamped with probability
+below :math:`10^{-5}`, which the likelihood below ignores.
+
+**Reference posterior.** The exact likelihood (a product of Beta densities) on the
+uniform prior's box, drawn on a zooming grid of 300 × 300 cells with uniform jitter
+within each cell (:func:`~pyro_sbi.tasks._reference.grid_posterior`). The posterior is
+elongated along the line :math:`a / (a + b) = \bar x` (the mean is better known than
+the concentration).
+
+**Observations.** Observation :math:`i` (1 to 10) has true parameters drawn from the
+prior with seed :math:`i` and data simulated with seed :math:`1000 + i`.
+
+References:
+    | Beta regression for modelling rates and proportions (Ferrari & Cribari-Neto,
+      2004), Journal of Applied Statistics 31:799–815
+    | https://doi.org/10.1080/0266476042000214501
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DIM",
+    "NAME",
+    "X_DIM",
+    "log_likelihood",
+    "model",
+    "observation",
+    "prior",
+    "reference_posterior",
+    "sample_posterior",
+    "simulator",
+    "true_parameters",
+]
+
+import functools
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from pyro_sbi.tasks._common import cached_reference, seeded_observation, simulator_model
+from pyro_sbi.tasks._reference import grid_posterior
+
+NAME, DIM, X_DIM, KIND = "beta_proportions", 2, 10, "bounded output"
+LOW, HIGH = (1.0, 1.0), (10.0, 10.0)
+CLAMP = 1e-6
+
+
+def prior() -> dist.Distribution:
+    r"""Uniform on :math:`[1, 10]^2` for :math:`(a, b)`, event shape `(2,)`."""
+    dtype = torch.get_default_dtype()
+    low, high = torch.tensor(LOW, dtype=dtype), torch.tensor(HIGH, dtype=dtype)
+    return dist.Uniform(low, high).to_event(1)
+
+
+def simulator(theta: Tensor) -> Tensor:
+    """`theta (n, 2) -> x (n, 10)`: ten Beta draws per row, inside `(0, 1)`.
+
+    Example:
+        >>> x = simulator(prior().sample((3,)))
+        >>> x.shape, bool(((x > 0) & (x < 1)).all())
+        (torch.Size([3, 10]), True)
+    """
+    a, b = theta.to(torch.float64).unsqueeze(-1).expand(theta.shape + (X_DIM,)).unbind(-2)
+    x = dist.Beta(a, b).sample().clamp(CLAMP, 1 - CLAMP)
+    return x.to(theta.dtype)
+
+
+def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
+    r"""The exact :math:`\log p(x \mid \theta)`, `x (*, 10)` and `theta (*, 2)` broadcast."""
+    return dist.Beta(theta[..., :1], theta[..., 1:]).log_prob(x).sum(-1)
+
+
+def model(estimator, x: Tensor | None = None) -> Tensor:
+    """The task as a Pyro model: `theta` from the prior, `x (10,)` from the simulator site."""
+    return simulator_model(prior(), simulator, estimator, x)
+
+
+@functools.cache
+def _observation(i: int) -> tuple[Tensor, Tensor]:
+    return seeded_observation(NAME, prior(), simulator, i)
+
+
+def observation(i: int) -> Tensor:
+    """Observation `i` (1 to 10), shape `(10,)` (see the module docs)."""
+    return _observation(i)[0].clone()
+
+
+def true_parameters(i: int) -> Tensor:
+    """The parameters that generated observation `i`, shape `(2,)`."""
+    return _observation(i)[1].clone()
+
+
+def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
+    """`(num_samples, 2)` posterior draws for any `x (10,)`, on a grid."""
+    x = x.to(torch.float64)
+    return grid_posterior(lambda theta: log_likelihood(x, theta), LOW, HIGH, num_samples,
+                          seed=seed, cells=300)  # fmt: skip
+
+
+def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
+    """`(num_samples, 2)` reference posterior draws for observation `i`, cached on disk."""
+    return cached_reference(
+        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
+    )

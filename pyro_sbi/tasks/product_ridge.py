@@ -1,0 +1,119 @@
+r"""Product ridge: strongly and nonlinearly correlated parameters.
+
+Prior :math:`\theta \sim \mathcal{U}([0.2, 2]^2)`; the simulator measures the product
+of the parameters precisely and the first one coarsely,
+
+.. math::
+
+    x_1 = \theta_1 \theta_2 + 0.05\, \varepsilon_1, \qquad
+    x_2 = \theta_1 + 0.5\, \varepsilon_2, \qquad \varepsilon \sim \mathcal{N}(0, I_2) ,
+
+so the posterior is a thin curved band along the hyperbola
+:math:`\theta_1 \theta_2 = x_1`, located along it by :math:`x_2`: the two parameters are
+almost functions of each other, as for a rate and a duration of which only the product
+is observed (the "banana" posteriors of Haario, Saksman & Tamminen, 1999, made by a
+product instead of a square).
+
+**Reference posterior.** The exact Gaussian likelihood on the uniform prior's box, drawn
+on a zooming grid of 400 × 400 cells with uniform jitter within each cell
+(:func:`~pyro_sbi.tasks._reference.grid_posterior`).
+
+**Observations.** Observation :math:`i` (1 to 10) has true parameters drawn from the
+prior with seed :math:`i` and data simulated with seed :math:`1000 + i`.
+
+References:
+    | Adaptive proposal distribution for random walk Metropolis algorithm (Haario,
+      Saksman & Tamminen, 1999), Computational Statistics 14:375–395
+    | https://doi.org/10.1007/s001800050022
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DIM",
+    "NAME",
+    "X_DIM",
+    "log_likelihood",
+    "model",
+    "observation",
+    "prior",
+    "reference_posterior",
+    "sample_posterior",
+    "simulator",
+    "true_parameters",
+]
+
+import functools
+
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from pyro_sbi.tasks._common import cached_reference, seeded_observation, simulator_model
+from pyro_sbi.tasks._reference import grid_posterior
+
+NAME, DIM, X_DIM, KIND = "product_ridge", 2, 2, "strongly correlated parameters"
+LOW, HIGH = (0.2, 0.2), (2.0, 2.0)
+NOISE = (0.05, 0.5)
+
+
+def prior() -> dist.Distribution:
+    """Uniform on :math:`[0.2, 2]^2`, event shape `(2,)`."""
+    dtype = torch.get_default_dtype()
+    low, high = torch.tensor(LOW, dtype=dtype), torch.tensor(HIGH, dtype=dtype)
+    return dist.Uniform(low, high).to_event(1)
+
+
+def _mean(theta: Tensor) -> Tensor:
+    return torch.stack([theta[..., 0] * theta[..., 1], theta[..., 0]], -1)
+
+
+def simulator(theta: Tensor) -> Tensor:
+    """`theta (n, 2) -> x (n, 2)`.
+
+    Example:
+        >>> simulator(prior().sample((3,))).shape
+        torch.Size([3, 2])
+    """
+    noise = torch.tensor(NOISE, dtype=theta.dtype)
+    return _mean(theta) + noise * torch.randn_like(theta)
+
+
+def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
+    r"""The exact :math:`\log p(x \mid \theta)`, `x (*, 2)` and `theta (*, 2)` broadcast."""
+    noise = torch.tensor(NOISE, dtype=theta.dtype)
+    return dist.Normal(_mean(theta), noise).log_prob(x).sum(-1)
+
+
+def model(estimator, x: Tensor | None = None) -> Tensor:
+    """The task as a Pyro model: `theta` from the prior, `x (2,)` from the simulator site."""
+    return simulator_model(prior(), simulator, estimator, x)
+
+
+@functools.cache
+def _observation(i: int) -> tuple[Tensor, Tensor]:
+    return seeded_observation(NAME, prior(), simulator, i)
+
+
+def observation(i: int) -> Tensor:
+    """Observation `i` (1 to 10), shape `(2,)` (see the module docs)."""
+    return _observation(i)[0].clone()
+
+
+def true_parameters(i: int) -> Tensor:
+    """The parameters that generated observation `i`, shape `(2,)`."""
+    return _observation(i)[1].clone()
+
+
+def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
+    """`(num_samples, 2)` posterior draws for any `x (2,)`, on a grid."""
+    x = x.to(torch.float64)
+    return grid_posterior(lambda theta: log_likelihood(x, theta), LOW, HIGH, num_samples,
+                          seed=seed, cells=400)  # fmt: skip
+
+
+def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
+    """`(num_samples, 2)` reference posterior draws for observation `i`, cached on disk."""
+    return cached_reference(
+        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
+    )
