@@ -3,7 +3,7 @@ r"""Accuracy and time on the standard tasks, optionally side by side with `sbi`.
 ``python -m pyro_sbi.benchmark --tasks two_moons slcp --methods nle nre
 --num-simulations 1000 10000 --observations 1 2 3 [--compare sbi] [--json out.json]``
 
-``--suite broad`` runs every task of the broad suite (:data:`pyro_sbi.tasks.BROAD`:
+``--suite broad`` runs every task of the broad suite (``pyro_sbi.tasks.BROAD``:
 counts, binary data, an ODE, heavy tails, bounded and skewed data, 25-D data, narrow,
 multimodal and correlated posteriors), ``--suite sbibm`` the standard tasks; ``--tasks``
 adds single tasks to a suite or, alone, picks them.

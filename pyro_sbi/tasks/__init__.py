@@ -17,7 +17,7 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
   first-passage-time density. Its ten observations are ours, made from fixed seeds
   (sbibm has no such task).
 
-The **broad suite** (:data:`BROAD`) holds problems of kinds the sbibm tasks leave out,
+The **broad suite** (``BROAD``) holds problems of kinds the sbibm tasks leave out,
 for choosing defaults on problems nobody tuned them for; each has an exact likelihood
 (`log_likelihood(x, theta)`), ten observations made from seeds (true parameters drawn
 from the prior with seed :math:`i`, data simulated with seed :math:`1000 + i`) and a
