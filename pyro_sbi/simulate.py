@@ -43,6 +43,18 @@ the first exception.
 
 **Store.** With `store=path`, each finished batch is written to a zarr store (see
 :mod:`pyro_sbi.store`); running the same call again simulates only what is missing.
+
+**Faults.** A failure of the executor rather than of a simulation (a worker process
+killed or out of memory, which breaks a process pool; Dask's `KilledWorker`; a simulator
+that cannot be pickled) stops the run with a `RuntimeError` naming the rows that were not
+simulated; every batch that had finished is stored first, so a rerun with the store (on a
+new pool) simulates only those rows. A `KeyboardInterrupt` stops the run the same way
+and is raised as it is, never recorded as a failed simulation. A simulator breaking its
+contract (returning None, objects, strings, complex numbers, ragged lists, the wrong
+number of rows, or another `x_shape` than before) is a bug to fix, not a failed
+simulation: the run stops with a `ValueError` naming the simulator, what it returned and
+what it must return. A store write that fails (a full disk) raises an `OSError` naming
+the store; the batches stored before it stay readable.
 """
 
 from __future__ import annotations
@@ -70,6 +82,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,8 +257,10 @@ def simulate(
         seed: root seed making every simulation reproducible (see the module docs).
         timeout: seconds allowed for one simulator call (one parameter vector when
             `batched=False`, a whole batch otherwise). Enforced with a timer signal in
-            the main thread of a process; elsewhere (e.g. Dask worker threads) the call
-            is abandoned and keeps running in the background.
+            the main thread of a process (this one, or a worker of a process pool); elsewhere
+            (e.g. Dask worker threads) the call is abandoned and keeps running in the
+            background. A call stuck in compiled code that never returns to Python (and
+            does not wait in a system call) is not interrupted.
         max_failure_fraction: stop with a :class:`SimulationError` once more than this
             fraction of the `n` simulations failed.
         store: a directory for a zarr store (or an open `zarr.Group`): finished batches
@@ -295,8 +310,11 @@ def simulate(
     seeds = torch.full((n,), -1, dtype=torch.int64)
     messages: dict[int, str] = {}
     x: Tensor | None = None
+    x_source = None  # where the shape of x was first seen, for messages
     if stored is not None:
         x, status, seeds, messages = stored.read(n)
+        x_source = f"the rows in the store {stored.where}"
+    kept = x is not None  # the shape of x comes from the store
     if stored is None:
         ranges = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     else:
@@ -326,15 +344,15 @@ def simulate(
         smoothing=0.1,
     )  # fmt: skip
     bar.set_postfix(failed=num_failed)
+    batches = _run(simulator, tasks, executor, batched=batched, numpy=numpy, pass_seed=pass_seed)
     try:
-        for start, stop, result in _run(
-            simulator, tasks, executor, batched=batched, numpy=numpy, pass_seed=pass_seed
-        ):
+        for start, stop, result in _resumable(batches, name, status, stored):
             batch_x, batch_status, batch_messages, retried = result
             if retried is not None:  # a failed batched call was rerun row by row
                 seeds[start:stop] = torch.from_numpy(retried)
             fresh = x is None
             if batch_x is not None and x is None:
+                x_source = f"rows {start}:{stop}"
                 if stop - start == n:  # one batch: keep its array
                     x = torch.from_numpy(batch_x)
                 else:
@@ -342,8 +360,11 @@ def simulate(
             if batch_x is not None and not (fresh and stop - start == n):
                 if tuple(batch_x.shape[1:]) != tuple(x.shape[1:]):
                     raise ValueError(
-                        f"simulator {name} returned outputs of different shapes: "
-                        f"{tuple(x.shape[1:])} and {tuple(batch_x.shape[1:])}"
+                        f"simulator {name} returned outputs of different shapes: x of shape "
+                        f"{tuple(x.shape[1:])} per row for {x_source}, but "
+                        f"{tuple(batch_x.shape[1:])} for rows {start}:{stop}; it must return "
+                        "the same x_shape for every theta"
+                        + (". Use another store path for another simulator" if kept else "")
                     )
                 x[start:stop] = torch.as_tensor(batch_x)
             status[start:stop] = torch.as_tensor(batch_status)
@@ -379,6 +400,15 @@ def simulate(
     if progress:
         print(f"{name}: {result}")
     return result
+
+
+def _resumable(batches: Iterator, name: str, status: Tensor, stored) -> Iterator:
+    """`batches`, with an executor's failure told as the rows missing and how to resume."""
+    try:
+        yield from batches
+    except _ExecutorFailure as failure:
+        where = None if stored is None else stored.where
+        raise RuntimeError(failure.message(name, status < 0, where)) from failure.error
 
 
 def _first_error(messages: dict[int, str], status: Tensor) -> tuple[int, str] | None:
@@ -445,7 +475,14 @@ def _takes_seed(simulator: Callable) -> bool:
 
 
 def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tuple]]:
-    """Yields `(start, stop, result)` per batch as batches finish."""
+    """Yields `(start, stop, result)` per batch as batches finish.
+
+    When a batch raises on an executor, the batches that had finished are yielded first
+    (`as_completed` hands out the ones done at its start in any order), then the error is
+    raised: an :class:`_ExecutorFailure` when the executor could not run the batch (a dead
+    worker, a broken pool, an unpicklable simulator), the error itself otherwise (the
+    simulator's contract broken, KeyboardInterrupt).
+    """
     options["dtype"] = str(torch.get_default_dtype()).removeprefix("torch.")
     if executor is None:
         for start, stop, theta, seeds, timeout in tasks:
@@ -454,26 +491,72 @@ def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tupl
     futures = {}
     try:
         for start, stop, theta, seeds, timeout in tasks:
-            future = executor.submit(_run_batch, simulator, theta, seeds, timeout, **options)
+            try:
+                future = executor.submit(_run_batch, simulator, theta, seeds, timeout, **options)
+            except Exception as error:  # a broken pool, or Dask pickling the task at once
+                raise _ExecutorFailure(error) from error
             futures[future] = (start, stop)
+        waiting = dict(futures)
         for future in as_completed(futures):
-            start, stop = futures[future]
+            start, stop = waiting.pop(future)
             try:
                 result = future.result()
-            except _SimulatorContractError:
+            except BaseException as error:
+                for other in [other for other in waiting if _succeeded(other)]:
+                    yield (*waiting.pop(other), other.result())
+                if isinstance(error, Exception) and not isinstance(error, _SimulatorContractError):
+                    raise _ExecutorFailure(error) from error
                 raise
-            except Exception as error:  # the task never ran, or its worker died
-                if "pickl" in repr(error).lower():
-                    hint = "the simulator must be picklable: define it at module level"
-                else:
-                    hint = "a worker may have died (out of memory, or a crash in the simulator)"
-                raise RuntimeError(
-                    f"the executor could not run a batch of {_name(simulator)} ({error!r}); {hint}"
-                ) from error
             yield start, stop, result
     finally:
         for future in futures:
             future.cancel()
+
+
+def _succeeded(future) -> bool:
+    """Whether `future` has finished with a result (without waiting)."""
+    return future.done() and not future.cancelled() and future.exception() is None
+
+
+class _ExecutorFailure(Exception):
+    """The executor could not run a batch; `simulate` says which rows are missing."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(error)
+        self.error = error
+
+    def message(self, name: str, missing: Tensor, where: str | None) -> str:
+        """What happened, the rows not simulated, and how to resume."""
+        error = self.error
+        if "pickl" in repr(error).lower():
+            hint = "the simulator must be picklable: define it at module level"
+        elif isinstance(error, BrokenProcessPool):
+            hint = (
+                "a worker process died (killed, out of memory, or a crash in the simulator) and "
+                "the process pool is broken: rerun on a new pool"
+            )
+        else:
+            hint = "a worker may have died (out of memory, or a crash in the simulator)"
+        rows = _row_runs(missing)
+        count = int(missing.sum())
+        message = (
+            f"the executor could not run a batch of {name} ({error!r}); {hint}. {count} of "
+            f"{len(missing)} simulations were not done: rows {rows}"
+        )
+        if where is None:
+            return message + "; pass store=path to keep finished simulations when a run stops"
+        return (
+            message + f". The {len(missing) - count} finished ones are in the store {where}: "
+            "rerun the same call to simulate only the missing rows"
+        )
+
+
+def _row_runs(mask: Tensor, limit: int = 10) -> str:
+    """The runs of true entries of `mask (n,)` as slices, e.g. `"16:40"` or `"4:8, 12:40"`."""
+    flags = np.concatenate([[False], mask.numpy().astype(bool), [False]])
+    edges = np.flatnonzero(flags[1:] != flags[:-1]).reshape(-1, 2)
+    runs = [f"{start}:{stop}" for start, stop in edges[:limit].tolist()]
+    return ", ".join(runs) + (f" and {len(edges) - limit} more runs" if len(edges) > limit else "")
 
 
 def _run_batch(
@@ -505,7 +588,7 @@ def _run_batch(
         kwargs = {"seed": seed} if pass_seed and seed is not None else {}
         with _seeded(seed):
             out = _with_timeout(lambda: simulator(arg, **kwargs), timeout)
-        out = _as_array(out)
+        out = _as_array(out, simulator, rows.shape[1:] if single else rows.shape, single)
         if single:
             return out[None]
         if out.ndim == 0 or out.shape[0] != len(rows):
@@ -549,8 +632,12 @@ def _run_batch(
 
     shapes = {out.shape for out in outputs if out is not None}
     if len(shapes) > 1:
+        present = [(row, out.shape) for row, out in enumerate(outputs) if out is not None]
+        (a, first), (b, second) = present[0], next(p for p in present if p[1] != present[0][1])
         raise _SimulatorContractError(
-            f"simulator {_name(simulator)} returned outputs of different shapes: {shapes}"
+            f"simulator {_name(simulator)} returned outputs of different shapes: x of shape "
+            f"{first} for theta {theta[a].tolist()} and {second} for theta {theta[b].tolist()}; "
+            "it must return the same x_shape for every theta"
         )
     if not shapes:
         return None, status, messages, retried
@@ -651,10 +738,49 @@ def _format_exception() -> str:
     return text if len(text) <= _MESSAGE_LIMIT else "..." + text[-_MESSAGE_LIMIT:]
 
 
-def _as_array(x) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+_KINDS = {
+    "c": ("complex numbers", "return the real and imaginary parts as separate columns"),
+    "O": ("Python objects", "return a tensor or numpy array of numbers, every row the same shape"),
+    "U": ("strings", "encode categories as integers"),
+    "S": ("bytes", "encode categories as integers"),
+}
+
+
+def _as_array(x, simulator: Callable, theta_shape: tuple, single: bool) -> np.ndarray:
+    """A simulator's output as a numpy array of real numbers (bool, integer or float).
+
+    Raises:
+        _SimulatorContractError: `x` is None, not an array (ragged nested lists, objects),
+            or holds complex numbers, strings or other non-real values; the message names
+            the simulator, what it returned and what it must return.
+    """
+    expected = "x (*x_shape)" if single else f"x (n, *x_shape) with n = {theta_shape[0]}"
+    where = f"simulator {_name(simulator)} returned"
+    given = f"for theta of shape {tuple(theta_shape)}; it must return {expected}"
+    if x is None:
+        raise _SimulatorContractError(
+            f"{where} None {given}, a torch tensor or numpy array of real numbers"
+        )
+    try:
+        if isinstance(x, Tensor):
+            x = x.detach().cpu()
+            x = x.float() if x.dtype == torch.bfloat16 else x.resolve_conj().resolve_neg()
+            array = x.numpy()
+        else:
+            array = np.asarray(x)
+    except Exception as error:  # ragged nested lists, tensors numpy cannot take
+        raise _SimulatorContractError(
+            f"{where} a {type(x).__name__} that is not an array of numbers ({error}) {given}, "
+            "a torch tensor or numpy array with every row the same shape"
+        ) from None
+    if array.dtype.kind not in "biuf":
+        what, fix = _KINDS.get(array.dtype.kind, (f"values of dtype {array.dtype}", ""))
+        raise _SimulatorContractError(
+            f"{where} {what} (dtype {array.dtype}, from a {type(x).__name__}) for theta of "
+            f"shape {tuple(theta_shape)}; x must hold real numbers (a bool, integer or float "
+            "dtype)" + (f": {fix}" if fix else "")
+        )
+    return array
 
 
 def _name(simulator: Callable) -> str:

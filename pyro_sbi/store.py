@@ -71,6 +71,7 @@ class SimulationStore:
 
     Attributes:
         group: the `zarr.Group`.
+        where: the store's location, for messages.
         seed: the root seed of the simulations.
         batch_size: rows per batch.
         chunk_rows: rows per chunk (a multiple of `batch_size`).
@@ -78,6 +79,7 @@ class SimulationStore:
 
     def __init__(self, group) -> None:
         self.group = group
+        self.where = _where(group)
         keys = ("theta", "seed", "status", "x")
         self._arrays = {key: group[key] for key in keys if key in group}
         meta = group.attrs["pyro_sbi"]
@@ -144,7 +146,10 @@ class SimulationStore:
             _check(meta, where, simulator=name, theta_dim=dim, seed=seed,
                    batch_size=batch_size, batched=batched)  # fmt: skip
         self = cls(group)
-        self._extend(theta, where)
+        try:
+            self._extend(theta, where)
+        except OSError as error:
+            raise _write_error(error, "the parameters", where) from error
         return self
 
     @classmethod
@@ -208,7 +213,10 @@ class SimulationStore:
 
     def plan(self, seed: Tensor) -> None:
         r"""Writes the seeds `(N,)` the missing rows will run with (before they run)."""
-        self._arrays["seed"][: len(seed)] = seed.numpy()
+        try:
+            self._arrays["seed"][: len(seed)] = seed.numpy()
+        except OSError as error:
+            raise _write_error(error, "the seeds", self.where) from error
 
     def write(
         self,
@@ -229,6 +237,12 @@ class SimulationStore:
             messages: failure messages by row within the batch.
             seed: `(stop - start,)` seeds, when they differ from the planned ones.
         """
+        try:
+            self._write(start, stop, x, status, messages, seed)
+        except OSError as error:  # the disk full, a quota, a lost network mount
+            raise _write_error(error, f"rows {start}:{stop}", self.where) from error
+
+    def _write(self, start, stop, x, status, messages, seed) -> None:
         group = self.group
         if x is not None:
             if "x" not in self._arrays:
@@ -269,6 +283,20 @@ def _check(meta: dict, where: str, *, simulator: str, theta_dim: int, **settings
             f"the simulation store {where} was made with " + "; ".join(problems) + ". Use "
             "another store path for a different simulation"
         )
+
+
+def _write_error(error: OSError, what: str, where: str) -> OSError:
+    """`error` (same class and errno) with a message naming the store and how to resume."""
+    reason = error.strerror or str(error)
+    message = (
+        f"could not write {what} to the simulation store {where} ({reason}); the rows "
+        "stored before are kept: fix the cause (free some space) and rerun the same call "
+        "to simulate only the missing rows"
+    )
+    try:
+        return type(error)(error.errno, message) if error.errno else type(error)(message)
+    except TypeError:  # a subclass taking other arguments
+        return OSError(error.errno, message)
 
 
 def _where(group) -> str:

@@ -1,5 +1,7 @@
 """Simulators importable by worker processes (a process pool or Dask pickles them by name)."""
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -109,6 +111,65 @@ class Other(Interruptible):
     """Another simulator."""
 
 
+class Columns(Interruptible):
+    """`Interruptible` whose x has `width` columns: one simulator, edited between two runs."""
+
+    def __init__(self, width, stop_after=None):
+        super().__init__(stop_after)
+        self.width = width
+
+    def __call__(self, theta):
+        return super().__call__(theta)[:, :1].repeat(1, self.width)
+
+
 def shift(theta):
     """x ~ N(theta, 0.3^2 I)."""
     return theta + 0.3 * torch.randn_like(theta)
+
+
+class Faulty:
+    """`noisy`, batched or one at a time, with a fault at one row; column 0 of theta is the row.
+
+    `fault` is what the call holding row `row` does: `"kill"` its own process with SIGKILL,
+    `"interrupt"` (raise KeyboardInterrupt), `"raise"` (a RuntimeError) or `"hang"` (sleep
+    `hang` seconds, then return -1 everywhere, so that a call the timeout did not stop
+    shows in the output). With a
+    `marker` file the fault happens only while the file does not exist, and creates it: once,
+    whichever process makes the call. Each call that returns appends its rows to `log`, so
+    the calls of worker processes can be counted.
+    """
+
+    def __init__(self, row, fault, *, marker=None, log=None, hang=20.0):
+        self.row, self.fault, self.marker, self.log, self.hang = row, fault, marker, log, hang
+
+    def __call__(self, theta):
+        rows = theta[:, 0] if theta.dim() == 2 else theta[:1]
+        if (rows == self.row).any() and self._first():
+            if self.fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if self.fault == "interrupt":
+                raise KeyboardInterrupt
+            if self.fault == "raise":
+                raise RuntimeError(f"cannot simulate row {self.row}")
+            time.sleep(self.hang)
+            return torch.full_like(theta, -1.0)
+        x = noisy(theta)
+        if self.log is not None:
+            with open(self.log, "a") as log:  # one short appended line: atomic
+                log.write(" ".join(str(int(row)) for row in rows) + "\n")
+        return x
+
+    def _first(self):
+        if self.marker is None:
+            return True
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+        return True
+
+
+def logged_rows(log):
+    """The rows appended to `log` by `Faulty`, in the order the calls returned."""
+    path = Path(log)
+    return [int(row) for row in path.read_text().split()] if path.exists() else []

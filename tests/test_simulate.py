@@ -7,6 +7,7 @@ import torch
 
 from pyro_sbi import simulate
 from pyro_sbi.simulate import SimulationError
+from pyro_sbi.store import SimulationStore
 
 
 def batched(theta):
@@ -58,6 +59,160 @@ def test_rejects_theta_without_batch_and_parameter_dims(theta):
 def test_rejects_simulator_returning_wrong_batch():
     with pytest.raises(ValueError, match="batched=False"):
         simulate(lambda t: t[0], torch.zeros(3, 2), progress=False)
+
+
+# a simulator breaking its contract: a clear error, and the store keeps whole batches only
+
+
+def good_then(bad, batched=True):
+    """A simulator returning theta for rows 0:4 (column 0 is the row) and `bad(theta)` after."""
+
+    def simulator(theta):
+        return theta.clone() if float(theta.flatten()[0]) < 4 else bad(theta)
+
+    simulator.__name__ = bad.__name__
+    return simulator
+
+
+def drops_a_row(theta):
+    return theta[:-1]
+
+
+def sums_all(theta):
+    return theta.sum()
+
+
+def complex_x(theta):
+    return theta.to(torch.complex64)
+
+
+def a_dict(theta):
+    return {"x": theta}
+
+
+def strings(theta):
+    return np.array([["low", "high"]] * len(theta))
+
+
+def ragged(theta):
+    return [[1.0, 2.0], [3.0]] * (len(theta) // 2)
+
+
+def nothing(theta):
+    return None
+
+
+def three_columns(theta):
+    return torch.zeros(len(theta), 3)
+
+
+def one_nothing(theta):
+    return None
+
+
+def one_longer(theta):
+    return torch.cat([theta, theta[:1]]) if float(theta[0]) == 5 else theta.clone()
+
+
+EXPECTED = r"it must return x \(n, \*x_shape\) with n = 4"
+CONTRACT = {  # simulator, batched, what the error says
+    "wrong batch size": (
+        drops_a_row, True,
+        r"batched simulator drops_a_row returned shape \(3, 2\) for theta of shape \(4, 2\); "
+        r"it must return \(n, \*x_shape\) with n = 4",
+    ),
+    "a scalar": (sums_all, True, r"sums_all returned shape \(\) for theta of shape \(4, 2\)"),
+    "complex": (
+        complex_x, True,
+        r"simulator complex_x returned complex numbers \(dtype complex64, from a Tensor\) for "
+        r"theta of shape \(4, 2\); x must hold real numbers \(a bool, integer or float dtype\): "
+        "return the real and imaginary parts as separate columns",
+    ),
+    "a Python object": (
+        a_dict, True,
+        r"simulator a_dict returned Python objects \(dtype object, from a dict\) for theta of "
+        r"shape \(4, 2\); x must hold real numbers",
+    ),
+    "strings": (
+        strings, True,
+        r"simulator strings returned strings \(dtype <U4, from a ndarray\) for theta of shape "
+        r"\(4, 2\); x must hold real numbers .*: encode categories as integers",
+    ),
+    "ragged lists": (
+        ragged, True,
+        r"simulator ragged returned a list that is not an array of numbers \(.*inhomogeneous.*\) "
+        rf"for theta of shape \(4, 2\); {EXPECTED}, a torch tensor or numpy array with every "
+        "row the same shape",
+    ),
+    "None": (
+        nothing, True, rf"simulator nothing returned None for theta of shape \(4, 2\); {EXPECTED}"
+    ),
+    "another shape later": (
+        three_columns, True,
+        r"simulator three_columns returned outputs of different shapes: x of shape \(2,\) per "
+        r"row for rows 0:4, but \(3,\) for rows 4:8; it must return the same x_shape",
+    ),
+    "None, one at a time": (
+        one_nothing, False,
+        r"simulator one_nothing returned None for theta of shape \(2,\); it must return x "
+        r"\(\*x_shape\)",
+    ),
+    "another shape in a batch, one at a time": (
+        one_longer, False,
+        r"simulator one_longer returned outputs of different shapes: x of shape \(2,\) for "
+        r"theta \[4.0, 4.0\] and \(3,\) for theta \[5.0, 5.0\]",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CONTRACT)
+def test_a_simulator_breaking_its_contract_gets_a_clear_error_and_no_half_batch(tmp_path, case):
+    """Catches a bad output taken for a failed simulation (recorded, the run goes on), cast
+    silently (complex to real, its imaginary part dropped), or written to the store."""
+    zarr = pytest.importorskip("zarr")
+    bad, batched, message = CONTRACT[case]
+    theta = torch.arange(12.0).unsqueeze(-1).repeat(1, 2)
+    with pytest.raises(ValueError, match=message):
+        simulate(
+            good_then(bad), theta, batched=batched, batch_size=4, seed=0,
+            store=tmp_path / "s", progress=False,
+        )  # fmt: skip
+    x, status, _, _ = SimulationStore(zarr.open_group(str(tmp_path / "s"), mode="r")).read()
+    assert torch.equal(status, torch.tensor([0] * 4 + [-1] * 8, dtype=torch.int8))
+    assert torch.equal(x[:4], theta[:4]) and torch.isnan(x[4:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.bool_, np.int64, np.uint8, np.float16])
+def test_integer_and_boolean_outputs_are_numbers(dtype):
+    out = simulate(lambda t: (t.numpy() > 0).astype(dtype), torch.ones(3, 2), progress=False)
+    assert out.num_failed == 0 and torch.equal(out.x, torch.ones(3, 2))
+
+
+def test_a_simulator_raising_on_some_rows_has_them_recorded_and_stored(tmp_path):
+    """The failure policy: the rows that raise are failures of their own, the run goes on,
+    a rerun does not try them again; past max_failure_fraction the run stops, naming the
+    simulator and the first exception. Catches a batch's error failing its good rows."""
+
+    calls = []
+
+    def picky(theta):
+        calls.append(len(theta))
+        if (theta[:, 0] % 3 == 0).any():
+            raise ValueError("no multiple of three")
+        return theta.clone()
+
+    theta = torch.arange(12.0).unsqueeze(-1).repeat(1, 2)
+    options = dict(batch_size=4, seed=0, store=tmp_path / "s", progress=False)
+    out = simulate(picky, theta, **options)
+    assert torch.equal(out.ok, theta[:, 0] % 3 != 0) and out.counts()["error"] == 4
+    assert "no multiple of three" in out.messages[3]
+    assert calls == [4, 1, 1, 1, 1] * 3  # each batch, then its rows one at a time
+    again = simulate(picky, theta, **options)
+    assert len(calls) == 15 and torch.equal(again.status, out.status)
+    with pytest.raises(
+        SimulationError, match=r"(?s)4 of 12 simulations of picky failed.*no multiple of three"
+    ):
+        simulate(picky, theta, batch_size=4, max_failure_fraction=0.25, progress=False)
 
 
 # seeds and executors ------------------------------------------------------------------

@@ -87,6 +87,34 @@ def test_a_store_made_differently_is_refused(tmp_path, change, message):
         simulate(**{**options, **change}, store=tmp_path / "s", progress=False)
 
 
+def test_a_store_of_another_x_shape_is_refused_naming_both_shapes(tmp_path):
+    """Catches new rows of another shape written into the stored x (zarr broadcasts one
+    column into two) or half a batch stored before the error."""
+    theta, store = torch.randn(12, 2), tmp_path / "s"
+    options = dict(batch_size=4, seed=0, store=store, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        simulate(simulators.Columns(2, stop_after=1), theta, **options)
+    for width in (3, 1):
+        with pytest.raises(
+            ValueError,
+            match=rf"simulator Columns returned outputs of different shapes: x of shape \(2,\) "
+            rf"per row for the rows in the store {store}, but \({width},\) for rows 4:8.*"
+            "Use another store path for another simulator",
+        ):
+            simulate(simulators.Columns(width), theta, **options)
+    _, status, _, _ = SimulationStore(zarr.open_group(str(store), mode="r")).read()
+    assert (status[:4] == 0).all() and (status[4:] == -1).all()
+
+
+def test_a_store_of_another_format_is_refused(tmp_path):
+    """Catches a store of another version of the package read as if it were this one's."""
+    simulate(simulators.noisy, torch.zeros(4, 1), seed=0, store=tmp_path / "s", progress=False)
+    group = zarr.open_group(str(tmp_path / "s"))
+    group.attrs["pyro_sbi"] = {**group.attrs["pyro_sbi"], "format": 2}
+    with pytest.raises(ValueError, match=r"s is a simulation store of format 2; this version"):
+        simulate(simulators.noisy, torch.zeros(4, 1), seed=0, store=tmp_path / "s", progress=False)
+
+
 def test_a_folder_that_is_not_a_store_is_refused(tmp_path):
     zarr.open_group(str(tmp_path / "s"), mode="w").create_array("data", shape=(2,), dtype="f8")
     with pytest.raises(ValueError, match="not a pyro_sbi simulation store"):
