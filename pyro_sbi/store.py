@@ -116,6 +116,7 @@ class SimulationStore:
         Raises:
             ValueError: the store was made by another simulator, for another number of
                 parameters, with another seed or batch size, or holds other parameters.
+            OSError: a write failed (a full disk); the message names the store.
         """
         zarr = _zarr()
         group = store if isinstance(store, zarr.Group) else zarr.open_group(str(store), mode="a")
@@ -123,25 +124,13 @@ class SimulationStore:
         name, dim = simulator_id(simulator), theta.shape[-1]
         meta = group.attrs.get("pyro_sbi")
         if meta is None:
-            if set(group.keys()) - {"theta", "seed", "status"} or set(group.attrs) - {"source"}:
-                raise ValueError(f"{where} is not empty and is not a pyro_sbi simulation store")
-            batch_size = batch_size or default_batch_size
-            chunk_rows = batch_size * max(1, _ROWS_PER_CHUNK // batch_size)
-            seed = int(torch.randint(2**62, ())) if seed is None else int(seed)
-            group.attrs["messages"] = {}
-            for key, shape, dtype, fill in (
-                ("theta", (0, dim), "float64", math.nan),
-                ("seed", (0,), "int64", -1),
-                ("status", (0,), "int8", -1),
-            ):  # arrays left by a run killed while creating the store are replaced
-                group.create_array(
-                    key, shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=dtype,
-                    fill_value=fill, overwrite=True,
+            try:
+                cls._create(
+                    group, where, simulator=name, theta_dim=dim, seed=seed,
+                    batch_size=batch_size or default_batch_size, batched=batched,
                 )  # fmt: skip
-            group.attrs["pyro_sbi"] = {  # written last: the store exists from here on
-                "format": FORMAT_VERSION, "simulator": name, "theta_dim": dim, "seed": seed,
-                "batch_size": batch_size, "chunk_rows": chunk_rows, "batched": batched,
-            }  # fmt: skip
+            except OSError as error:
+                raise _write_error(error, "a new store", where) from error
         else:
             _check(meta, where, simulator=name, theta_dim=dim, seed=seed,
                    batch_size=batch_size, batched=batched)  # fmt: skip
@@ -151,6 +140,31 @@ class SimulationStore:
         except OSError as error:
             raise _write_error(error, "the parameters", where) from error
         return self
+
+    @staticmethod
+    def _create(group, where, *, simulator, theta_dim, seed, batch_size, batched) -> None:
+        """Writes the arrays and, last, the attributes that make `group` a store."""
+        name, dim = simulator, theta_dim
+        arrays = set(group.keys()) - {"theta", "seed", "status"}
+        attrs = set(group.attrs) - {"source", "messages"}  # "source" is train's
+        if arrays or attrs:  # a run stopped while creating the store leaves only those
+            raise ValueError(f"{where} is not empty and is not a pyro_sbi simulation store")
+        chunk_rows = batch_size * max(1, _ROWS_PER_CHUNK // batch_size)
+        seed = int(torch.randint(2**62, ())) if seed is None else int(seed)
+        group.attrs["messages"] = {}
+        for key, shape, dtype, fill in (
+            ("theta", (0, dim), "float64", math.nan),
+            ("seed", (0,), "int64", -1),
+            ("status", (0,), "int8", -1),
+        ):  # arrays left by a run killed while creating the store are replaced
+            group.create_array(
+                key, shape=shape, chunks=(chunk_rows, *shape[1:]), dtype=dtype,
+                fill_value=fill, overwrite=True,
+            )  # fmt: skip
+        group.attrs["pyro_sbi"] = {  # written last: the store exists from here on
+            "format": FORMAT_VERSION, "simulator": name, "theta_dim": dim, "seed": seed,
+            "batch_size": batch_size, "chunk_rows": chunk_rows, "batched": batched,
+        }  # fmt: skip
 
     @classmethod
     def existing(cls, group, *, simulator: Callable, theta_dim: int) -> SimulationStore | None:
@@ -236,6 +250,10 @@ class SimulationStore:
             status: `(stop - start,)` status codes.
             messages: failure messages by row within the batch.
             seed: `(stop - start,)` seeds, when they differ from the planned ones.
+
+        Raises:
+            OSError: a write failed (a full disk); the message names the store and the
+                rows, which stay missing (the rows committed before are untouched).
         """
         try:
             self._write(start, stop, x, status, messages, seed)
@@ -289,8 +307,8 @@ def _write_error(error: OSError, what: str, where: str) -> OSError:
     """`error` (same class and errno) with a message naming the store and how to resume."""
     reason = error.strerror or str(error)
     message = (
-        f"could not write {what} to the simulation store {where} ({reason}); the rows "
-        "stored before are kept: fix the cause (free some space) and rerun the same call "
+        f"could not write {what} to the simulation store {where} ({reason}); what was "
+        "stored before is kept: fix the cause (free some space) and rerun the same call "
         "to simulate only the missing rows"
     )
     try:

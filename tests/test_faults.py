@@ -230,6 +230,26 @@ def test_a_full_disk_stops_the_run_naming_the_store_and_a_rerun_completes(
     assert torch.equal(resumed.x[resumed.ok], expected.x[resumed.ok])
 
 
+@pytest.mark.parametrize(
+    "prefix, containing, what",
+    [("zarr.json", b'"pyro_sbi"', "a new store"), ("theta/c", b"", "the parameters")],
+    ids=["creating", "parameters"],
+)
+def test_a_full_disk_before_any_simulation_is_named_and_a_rerun_starts_afresh(
+    tmp_path, monkeypatch, prefix, containing, what
+):
+    """Catches zarr's bare OSError, and a store left half-made that a rerun refuses."""
+    theta, store = indexed_theta(), tmp_path / "s"
+    fail_writes(monkeypatch, prefix, nth=1, containing=containing)
+    with pytest.raises(OSError, match=f"could not write {what} to the simulation store {store}"):
+        run(Faulty(-1, "kill", log=tmp_path / "first"), theta, store)
+    monkeypatch.undo()
+    assert logged_rows(tmp_path / "first") == []
+    resumed = run(Faulty(-1, "kill", log=tmp_path / "rerun"), theta, store)
+    assert sorted(logged_rows(tmp_path / "rerun")) == list(range(N))
+    assert torch.equal(resumed.x, reference(theta).x)
+
+
 # Ctrl-C -----------------------------------------------------------------------------------
 
 
