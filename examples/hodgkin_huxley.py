@@ -49,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 import torch  # noqa: E402
+import zuko  # noqa: E402
 
 from pyro_sbi import NLE, SimulatorDistribution, SliceMCMC, train  # noqa: E402
 from pyro_sbi.plot import pair_plot  # noqa: E402
@@ -179,7 +180,7 @@ def simulator(theta: torch.Tensor) -> torch.Tensor:
     return summarise(hodgkin_huxley(theta))
 
 
-likelihood = NLE()  # learned p(features | g_Na, g_K), a zuko neural spline flow
+likelihood = NLE(zuko.flows.NSF)  # learned p(features | g_Na, g_K), a neural spline flow
 
 
 def model(x_obs=None):

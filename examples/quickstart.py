@@ -39,7 +39,7 @@ def simulator(theta: torch.Tensor) -> torch.Tensor:
     return torch.stack([x1, x2], dim=-1)
 
 
-likelihood = NLE()  # learned p(x | theta), a zuko neural spline flow
+likelihood = NLE()  # learned p(x | theta), a masked autoregressive flow (zuko)
 SUBJECTS, TRIALS = 10, 50
 
 

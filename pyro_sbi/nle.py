@@ -65,15 +65,21 @@ class NLE(Estimator):
 
     Arguments:
         build: a zuko flow class (or any callable `build(features, context, **kwargs)`
-            returning a `zuko.flows.Flow`): `zuko.flows.NSF` (default), `zuko.flows.MAF`,
-            ... A MAF is about 4 times cheaper per gradient than an NSF.
+            returning a `zuko.flows.Flow`): `zuko.flows.MAF` (default),
+            `zuko.flows.NSF`, ... The default is chosen by measurement (see
+            :ref:`choosing-the-flow`): on a linear-Gaussian likelihood with 20 trials and
+            5,000 simulations the MAF put the posterior mean 0.18 posterior sds from the
+            closed form on average over five training seeds (at most 0.36), the neural
+            spline flow 0.43 (at most 0.70), and a MAF is about 4 times cheaper per
+            gradient. A spline flow pays off when `x` given `theta` is far from Gaussian
+            (several modes, hard bounds) and the budget is large.
         z_score: standardise `theta` and `x` with the training statistics.
         flow_options: passed to `build`, e.g. `transforms=5, hidden_features=(128, 128)`.
 
     Example:
         >>> theta = torch.randn(2000, 2)
         >>> x = theta + 0.1 * torch.randn(2000, 2)
-        >>> likelihood = NLE(zuko.flows.MAF)
+        >>> likelihood = NLE()  # a masked autoregressive flow (zuko.flows.MAF)
         >>> history = likelihood.fit(theta, x, max_epochs=5, progress=False, seed=0)
         >>> likelihood.log_prob(torch.zeros(10, 1, 2), torch.zeros(3, 2)).shape
         torch.Size([10, 3])
@@ -83,7 +89,7 @@ class NLE(Estimator):
 
     def __init__(
         self,
-        build: Callable[..., zuko.flows.Flow] = zuko.flows.NSF,
+        build: Callable[..., zuko.flows.Flow] = zuko.flows.MAF,
         *,
         z_score: bool = True,
         **flow_options,

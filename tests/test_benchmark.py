@@ -180,3 +180,37 @@ def test_benchmark_runs_a_broad_task(recorded):
         ("sign_symmetric", "nle", 300, 2)
     ]
     check_scores(rows, sign_symmetric, recorded, 250)
+
+
+def test_linear_trials_posterior_is_the_closed_form():
+    from pyro_sbi.benchmark import trials
+
+    A, noise = trials.LINEAR_MAP, trials.LINEAR_NOISE
+    torch.manual_seed(0)
+    theta = torch.randn(20_000, 3)
+    x = trials.linear_simulator(theta)
+    residual = x - theta @ A.T
+    assert residual.std(0).tolist() == pytest.approx([noise] * 3, rel=0.03)
+    # Conjugacy: the closed form equals prior x likelihood up to a constant in theta.
+    data = trials.linear_simulator(trials.LINEAR_TRUTH.expand(7, 3))
+    posterior = trials.linear_posterior(data)
+    points = torch.randn(5, 3)
+    log_joint = torch.distributions.Normal(0.0, 1.0).log_prob(points).sum(-1) + (
+        torch.distributions.Normal(points @ A.T, noise).log_prob(data[:, None]).sum((0, -1))
+    )
+    difference = log_joint - posterior.log_prob(points)
+    assert torch.allclose(difference, difference[0], atol=1e-4)
+
+
+def test_trials_accuracy_rows(monkeypatch):
+    from pyro_sbi.benchmark import trials
+
+    monkeypatch.setattr(trials, "NUM_POSTERIOR", 500)
+    printed = []
+    rows = trials.accuracy(("linear",), trials=(1, 5), budgets=(300,), log=lambda *a, **k:
+                           printed.append(a[0]))  # fmt: skip
+    assert [(r["method"], r["trials"]) for r in rows] == [
+        ("nle", 1), ("nle", 5), ("nre", 1), ("nre", 5)
+    ]  # fmt: skip
+    assert all(isinstance(r["c2st"], float) for r in rows) and len(printed) == 4
+    assert printed[0].startswith("| linear | nle | 300 | 1 |")

@@ -300,8 +300,8 @@ def mixed(theta, u):
 
 
 ESTIMATORS = {
-    "NLE": lambda: NLE(zuko.flows.MAF),
-    "NLE-NSF": lambda: NLE(),
+    "NLE": lambda: NLE(),
+    "NLE-NSF": lambda: NLE(zuko.flows.NSF),
     "NRE": lambda: NRE(),
     "MNLE": lambda: MNLE(discrete=[1], log_transform=True),
 }

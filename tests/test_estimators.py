@@ -29,8 +29,8 @@ def mixed(theta):
 
 # name: (constructor, simulator of its data)
 CONSTRUCTORS = {
-    "NLE-NSF": (lambda: NLE(), gaussian),
-    "NLE-MAF": (lambda: NLE(zuko.flows.MAF), gaussian),
+    "NLE-NSF": (lambda: NLE(zuko.flows.NSF), gaussian),
+    "NLE-MAF": (lambda: NLE(), gaussian),
     "NRE-A": (lambda: NRE("A"), gaussian),
     "NRE-B": (lambda: NRE("B", num_atoms=10), gaussian),
     "NRE-C": (lambda: NRE("C", num_atoms=10, gamma=1.0), gaussian),

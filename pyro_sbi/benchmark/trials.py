@@ -1,6 +1,24 @@
-r"""Benchmark of learned likelihoods under plates of many trials: the cost of a gradient.
+r"""Benchmark of learned likelihoods under plates of many trials: accuracy and cost.
 
-Run `python -m pyro_sbi.benchmark.trials` (`--quick` for a short run). For a
+**Accuracy** (`python -m pyro_sbi.benchmark.trials --accuracy`): the C2ST between the
+posterior under a learned likelihood and the posterior under the exact one, as the
+number `n` of i.i.d. trials of one observation grows (`--trials`, default 1 10 100
+1000) and for simulation budgets `--budgets` (default 10⁴ 10⁵). Per-trial errors of a
+learned log-density add up over the trials while the posterior narrows like
+:math:`1/\sqrt{n}`, so this is where a surrogate shows its bias. Tasks:
+
+- `linear`: a 3-D linear Gaussian with a non-identity map, :math:`\theta \sim
+  \mathcal{N}(0, I)`, :math:`x \mid \theta \sim \mathcal{N}(A\theta, 0.5^2 I)`, whose
+  posterior is Gaussian in closed form; `NLE()` and `NRE()`;
+- `ddm`: the drift-diffusion task (:mod:`pyro_sbi.tasks.ddm`), the exact posterior
+  drawn by the same sampler on the Navarro–Fuss density; `MNLE(discrete=[1])` and
+  `NRE()`.
+
+Every estimator is built and trained with the library's defaults (`Estimator().fit`),
+and every posterior is drawn by :class:`~pyro_sbi.SliceMCMC` with its defaults, the
+exact and the learned one alike, so a difference is the surrogate's.
+
+**Cost** (`python -m pyro_sbi.benchmark.trials`, `--quick` for a short run). For a
 hierarchical drift-diffusion model (group means and spreads, subjects' parameters,
 i.i.d. trials per subject; the shape of `examples/ddm_hierarchical.py`) at subjects ×
 trials 5 × 100, 20 × 200 and 50 × 400, it times one NUTS potential plus its gradient,
@@ -31,7 +49,7 @@ import torch
 from pyro.infer.autoguide import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 
-from pyro_sbi import MNLE, SimulatorDistribution
+from pyro_sbi import MNLE, NLE, NRE, SimulatorDistribution, SliceMCMC, c2st
 from pyro_sbi.tasks import ddm
 
 SHAPES = ((5, 100), (20, 200), (50, 400))
@@ -83,13 +101,129 @@ def gradient_seconds(model, x: torch.Tensor, truth: torch.Tensor, repeats: int) 
     return statistics.median(times)
 
 
+# the linear-Gaussian task of the accuracy table
+LINEAR_MAP = torch.tensor([[1.0, 0.5, 0.0], [-0.3, 0.8, 0.4], [0.2, -0.4, 1.0]])
+LINEAR_NOISE = 0.5
+LINEAR_TRUTH = torch.tensor([0.6, -0.9, 0.3])
+NUM_POSTERIOR = 10_000
+
+
+def linear_simulator(theta: torch.Tensor) -> torch.Tensor:
+    r"""`theta (n, 3) -> x (n, 3)`: :math:`A \theta + 0.5\,\varepsilon`."""
+    return theta @ LINEAR_MAP.T + LINEAR_NOISE * torch.randn_like(theta)
+
+
+def linear_posterior(x: torch.Tensor) -> dist.MultivariateNormal:
+    """The closed-form posterior of the linear task given trials `x (n, 3)`."""
+    precision = torch.eye(3) + len(x) * LINEAR_MAP.T @ LINEAR_MAP / LINEAR_NOISE**2
+    covariance = torch.linalg.inv(precision)
+    mean = covariance @ (LINEAR_MAP.T @ x.sum(0)) / LINEAR_NOISE**2
+    return dist.MultivariateNormal(mean, covariance)
+
+
+def _trials_model(prior, simulator, likelihood):
+    """`theta` from `prior`, then `x (n, L)` i.i.d. trials from the simulator site."""
+
+    def model(x):
+        theta = pyro.sample("theta", prior)
+        with pyro.plate("trials", len(x)):
+            pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x)
+
+    return model
+
+
+def _exact_ddm_model(prior):
+    """The drift-diffusion trials model on the exact first-passage-time density."""
+
+    def model(x):
+        theta = pyro.sample("theta", prior)
+        with pyro.plate("trials", len(x)):
+            pyro.sample("x", ddm.DriftDiffusion(*theta.unbind(-1)), obs=x)
+
+    return model
+
+
+def _sample(model, x: torch.Tensor, seed: int) -> torch.Tensor:
+    mcmc = SliceMCMC(model, num_samples=NUM_POSTERIOR // 250, num_chains=250, seed=seed,
+                     progress=False)  # fmt: skip
+    return mcmc.run(x).get_samples()["theta"]
+
+
+def accuracy(
+    tasks=("linear", "ddm"), trials=(1, 10, 100, 1000), budgets=(10_000, 100_000), seed=0,
+    log=print,
+) -> list[dict]:  # fmt: skip
+    """The accuracy table: one row per task, estimator, budget and number of trials.
+
+    Arguments:
+        tasks: `"linear"` and/or `"ddm"`.
+        trials: numbers of i.i.d. trials of the observation.
+        budgets: numbers of training simulations.
+        seed: roots the simulation, training and sampling seeds.
+        log: prints each row as it comes.
+
+    Returns:
+        Rows with the C2ST of the learned posterior against the exact one and the seconds
+        of training.
+    """
+    rows = []
+    for task in tasks:
+        if task == "linear":
+            prior = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+            simulator, truth, methods = linear_simulator, LINEAR_TRUTH, ("nle", "nre")
+        else:
+            prior, simulator, methods = ddm.prior(), ddm.simulate_ddm, ("mnle", "nre")
+            truth = ddm.true_parameters(1)
+        torch.manual_seed(seed + 1)
+        observed = simulator(truth.expand(max(trials), len(truth)))
+        exact = {}
+        for n in trials:
+            x = observed[:n]
+            if task == "linear":
+                torch.manual_seed(seed + n)
+                exact[n] = linear_posterior(x).sample((NUM_POSTERIOR,))
+            else:
+                exact[n] = _sample(_exact_ddm_model(prior), x, seed + n)
+        for budget in budgets:
+            torch.manual_seed(seed + budget)
+            theta = prior.sample((budget,))
+            data = simulator(theta)
+            for method in methods:
+                estimator = {"nle": NLE, "nre": NRE}.get(method, lambda: MNLE(discrete=[1]))()
+                start = time.perf_counter()
+                estimator.fit(theta, data, seed=seed, progress=False)
+                train_s = time.perf_counter() - start
+                for n in trials:
+                    model = _trials_model(prior, simulator, estimator)
+                    learned = _sample(model, observed[:n], seed + n)
+                    row = {"task": task, "method": method, "budget": budget, "trials": n,
+                           "c2st": float(c2st(exact[n], learned, seed=n)),
+                           "train_s": train_s}  # fmt: skip
+                    rows.append(row)
+                    log(f"| {task} | {method} | {budget} | {n} | {row['c2st']:.3f} | "
+                        f"{train_s:.0f} |", flush=True)  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     """Runs the benchmark and prints a markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--accuracy", action="store_true", help="the accuracy table")
+    parser.add_argument("--tasks", nargs="+", choices=("linear", "ddm"), default=["linear", "ddm"])
+    parser.add_argument("--trials", nargs="+", type=int, default=[1, 10, 100, 1000])
+    parser.add_argument("--budgets", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
     torch.set_num_threads(1)
+    if args.accuracy:
+        print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, 1 torch thread, "
+              f"Python {platform.python_version()}\n")  # fmt: skip
+        print("| task | estimator | simulations | trials | C2ST vs exact | train s |")
+        print("| --- | --- | ---: | ---: | ---: | ---: |")
+        accuracy(args.tasks, args.trials, args.budgets, args.seed)
+        return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
     likelihood = MNLE(discrete=[1], log_transform=True)
