@@ -270,13 +270,16 @@ class SimulatorDistribution(TorchDistribution):
             value: `(*, *x_shape)` simulator outputs; `*` broadcasts with `batch_shape`.
 
         Returns:
-            `broadcast(*, batch_shape)` log-densities.
+            `broadcast(*, batch_shape)` log-densities; zeros (the log-density of no data)
+            when that shape is empty, e.g. an observation of 0 trials.
 
         Raises:
-            ValueError: `value` has the wrong event shape or holds NaN or inf, or the
-                estimator is a ratio and `value` is latent: it requires grad or was drawn
-                by this distribution's :meth:`sample` (Pyro adds the name of the sample
-                site to the message).
+            ValueError: `value` is not real (complex, boolean, strings, objects), has the
+                wrong event shape or a batch shape that does not broadcast, holds NaN or
+                inf or values outside the estimator's support (an unseen discrete value of
+                an MNLE), or the estimator is a ratio and `value` is latent: it requires
+                grad or was drawn by this distribution's :meth:`sample` (Pyro adds the name
+                of the sample site to the message).
         """
         estimator = self.estimator
         estimator.check_trained()
@@ -285,16 +288,30 @@ class SimulatorDistribution(TorchDistribution):
             or (self._drawn is not None and self._drawn() is value)
         ):
             raise ValueError(_latent_ratio_message(self))
+        name = _name(self.simulator)
+        value = _real_tensor(name, value)
         event_dim = len(estimator.x_shape)
-        value = torch.as_tensor(value)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim :] != estimator.x_shape:
             raise ValueError(
-                f"SimulatorDistribution({_name(self.simulator)}): expected x with event shape "
+                f"SimulatorDistribution({name}): expected x with event shape "
                 f"{tuple(estimator.x_shape)} (batch shape {tuple(self.batch_shape)}); got a "
                 f"value of shape {tuple(value.shape)}"
             )
+        value_batch = value.shape[: value.dim() - event_dim]
+        try:
+            batch = torch.broadcast_shapes(value_batch, self.batch_shape)
+        except RuntimeError:
+            raise ValueError(
+                f"SimulatorDistribution({name}): the value of shape {tuple(value.shape)} has "
+                f"batch shape {tuple(value_batch)}, which does not broadcast with the "
+                f"distribution's batch shape {tuple(self.batch_shape)} (event shape "
+                f"{tuple(estimator.x_shape)}); one row per trial of the plates around the site"
+            ) from None
         if not bool(torch.isfinite(value).all()):
-            raise ValueError(_non_finite_message(_name(self.simulator), value))
+            raise ValueError(_non_finite_message(name, value))
+        estimator.check_support(value)
+        if batch.numel() == 0:  # no data: the empty sum, whatever the estimator
+            return self.theta.new_zeros(batch)
         if self._validate_args:
             self._validate_sample(value)
         estimator.warn_if_outside(value)
@@ -302,9 +319,7 @@ class SimulatorDistribution(TorchDistribution):
         log_p = estimator.log_prob(value, context)
         if estimator.validity is not None:  # an observed x is a valid simulation
             log_p = log_p + estimator.validity.log_prob(context)
-        return log_p.expand(
-            torch.broadcast_shapes(value.shape[: value.dim() - event_dim], self.batch_shape)
-        )
+        return log_p.expand(batch)
 
 
 class _WithCondition:
@@ -434,6 +449,36 @@ def refuse_latent_ratio(fn: object, site: str) -> None:
         fn = fn.base_dist  # Independent, masked, expanded
     if isinstance(fn, SimulatorDistribution) and not fn.estimator.normalized:
         raise ValueError(f"site {site!r}: {_latent_ratio_message(fn)}")
+
+
+def _real_tensor(name: str, value: object) -> Tensor:
+    """`value` as a tensor of real numbers (integers become floating point), or a ValueError.
+
+    Complex numbers, booleans (a mask given as the observation), strings and Python
+    objects are refused by name, with the dtype that was given.
+    """
+    try:
+        tensor = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        dtype = getattr(value, "dtype", None)
+        given = f"a value of type {type(value).__name__} " + (
+            f"and dtype {dtype}" if dtype is not None else "that torch cannot read as numbers"
+        )
+        raise ValueError(
+            f"SimulatorDistribution({name}): the value (the observation, for an observed "
+            f"site) must hold real numbers (a floating-point or integer tensor or array); got "
+            f"{given}. Convert it, e.g. torch.as_tensor(np.asarray(x, dtype=float))"
+        ) from None
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        kind = "complex numbers" if tensor.is_complex() else "booleans (a mask?)"
+        raise ValueError(
+            f"SimulatorDistribution({name}): the value (the observation, for an observed "
+            f"site) must hold real numbers (a floating-point or integer tensor); got "
+            f"{kind}, a tensor of dtype {tensor.dtype} and shape {tuple(tensor.shape)}"
+        )
+    if not tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+    return tensor
 
 
 def _non_finite_message(name: str, value: Tensor, shown: int = 5) -> str:

@@ -279,6 +279,53 @@ class MNLE(Estimator):
             return super().support
         return _MixedColumns(self.x_features, self.discrete, self.logged)
 
+    def check_support(self, x: Tensor) -> None:
+        r"""Raises a `ValueError` when a discrete column of `x` holds a value never learned.
+
+        The discrete columns must hold integers from 0 to the largest value seen in the
+        training simulations; the message names the first value that does not, its
+        index in `x` and the values its column may take.
+
+        Arguments:
+            x: `(*, L)` simulator outputs.
+
+        Example:
+            >>> theta = torch.rand(200, 1)
+            >>> x = torch.cat([theta.exp(), torch.bernoulli(theta)], -1)  # (time, choice)
+            >>> likelihood = MNLE(discrete=[1])
+            >>> _ = likelihood.fit(theta, x, max_epochs=1, progress=False, seed=0)
+            >>> likelihood.check_support(torch.tensor([[1.5, 1.0]]))  # a choice seen in training
+            >>> likelihood.check_support(torch.tensor([[1.5, 2.0]]))
+            Traceback (most recent call last):
+            ...
+            ValueError: MNLE: a discrete column of x holds a value outside the range seen in ...
+        """
+        self.check_trained()
+        values = x[..., self.discrete]
+        integer = values == values.round()
+        high = torch.as_tensor(self._classes, dtype=values.dtype, device=values.device) - 1
+        bad = ~integer if not bool(integer.all()) else (values < 0) | (values > high)
+        if not bool(bad.any()):
+            return
+        first = bad.nonzero()[0].tolist()
+        column = self.discrete[first[-1]]
+        where = tuple(first[:-1] + [column])
+        value = values[tuple(first)].item()
+        learned = (
+            f"the support learned in training is the integers 0 to "
+            f"{self._classes[first[-1]] - 1} in column {column}"
+        )
+        if not bool(integer.all()):
+            raise ValueError(
+                f"MNLE: the discrete columns {self.discrete} of x must hold integers; got "
+                f"{value} at index {where} of x of shape {tuple(x.shape)}; {learned}"
+            )
+        raise ValueError(
+            f"MNLE: a discrete column of x holds a value outside the range seen in the "
+            f"training simulations: {value} at index {where} of x of shape "
+            f"{tuple(x.shape)}, whose probability was never learned; {learned}"
+        )
+
     def _transform(self, x: Tensor) -> Tensor:
         """Flat `x (*, L)` with the log-scaled columns replaced by their logarithms."""
         if not self.logged:
@@ -382,19 +429,7 @@ class MNLE(Estimator):
             `(*)` log-densities over the broadcast batch shape.
         """
         x_t, theta_z = self._prepare(x, theta)
-        values = x_t[..., self.discrete]
-        if not torch.equal(values, values.round()):
-            bad = values[values != values.round()][0].item()
-            raise ValueError(
-                f"MNLE: the discrete columns {self.discrete} of x must hold integers; got {bad}"
-            )
-        high = torch.as_tensor(self._classes, dtype=values.dtype, device=values.device) - 1
-        if bool(((values < 0) | (values > high)).any()):
-            raise ValueError(
-                f"MNLE: a discrete column of x holds a value outside the range seen in the "
-                f"training simulations (0 to {high.long().tolist()} for columns "
-                f"{self.discrete}); its probability was never learned"
-            )
+        self.check_support(x)
         log_p = self._log_prob_z(x_t, theta_z)
         log_s = x_t[..., self.logged] * self.x_scale[self.logged] + self.x_loc[self.logged]
         log_p = log_p - self.x_scale[self.continuous].log().sum() - log_s.sum(-1)

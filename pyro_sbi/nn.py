@@ -375,6 +375,16 @@ class Estimator(nn.Module):
                 "before asking for log_prob"
             )
 
+    def check_support(self, x: Tensor) -> None:
+        r"""Raises a `ValueError` naming the first value of `x` outside the learned support.
+
+        Real-valued outputs have nothing to check beyond their shape and finiteness;
+        an estimator of discrete columns (:class:`~pyro_sbi.MNLE`) checks their values.
+
+        Arguments:
+            x: `(*, *x_shape)` finite simulator outputs.
+        """
+
     @property
     def support(self) -> constraints.Constraint:
         """The support of `x`: real values with `len(x_shape)` event dimensions."""
@@ -393,6 +403,11 @@ class Estimator(nn.Module):
             broadcast view where it was broadcast.
         """
         self.check_trained()
+        if x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(
+                f"{type(self).__name__}: x must hold real numbers; got a tensor of dtype "
+                f"{x.dtype} and shape {tuple(x.shape)}"
+            )
         event_dim = len(self.x_shape)
         if tuple(x.shape[x.dim() - event_dim :]) != tuple(self.x_shape) or x.dim() < event_dim:
             raise ValueError(
