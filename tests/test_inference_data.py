@@ -35,7 +35,7 @@ def quickstart():
 
     module.simulator = recording
     train(
-        module.model, num_simulations=2000, seed=0, progress=False, fit_options={"max_epochs": 8}
+        module.model, num_simulations=2000, seed=0, progress=False, fit_options={"max_epochs": 40}
     )
     pyro.set_rng_seed(1)
     x_obs = module.model()
