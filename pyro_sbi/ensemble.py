@@ -65,6 +65,12 @@ class Ensemble(Estimator):
     Arguments:
         build: makes one untrained member, e.g. `lambda: NRE("A")`.
         size: the number of members `M`.
+        bootstrap: train each member on its own bootstrap resample of the training
+            simulations (see :func:`pyro_sbi.fit.fit`), so that the members disagree as
+            much as estimators trained on other simulations would. That disagreement is
+            what :func:`pyro_sbi.diagnostics.likelihood_error` turns into an error of the
+            posterior; without it, the members share every simulation and their
+            disagreement shows only the scatter of training.
 
     Example:
         >>> from pyro_sbi import NRE
@@ -76,9 +82,12 @@ class Ensemble(Estimator):
         (3, torch.Size([10, 3]))
     """
 
-    def __init__(self, build: Callable[[], Estimator], size: int = 5) -> None:
+    def __init__(
+        self, build: Callable[[], Estimator], size: int = 5, *, bootstrap: bool = False
+    ) -> None:
         super().__init__()
         size = _as_count(size, "Ensemble: size")
+        self.bootstrap = bool(bootstrap)
         members = [build() for _ in range(size)]
         kinds = {type(member) for member in members}
         if not all(isinstance(member, Estimator) for member in members) or len(kinds) > 1:
@@ -117,6 +126,7 @@ class Ensemble(Estimator):
         theta, x = self._check_pair(theta, x)
         self.build(theta, x)
         seed = options.pop("seed", None)
+        options.setdefault("bootstrap", self.bootstrap)
         histories = []
         for m, member in enumerate(self.members):
             member_seed = None if seed is None else seed + m
@@ -129,7 +139,12 @@ class Ensemble(Estimator):
     def config(self) -> dict:
         """The members' class and options, and the size."""
         member = self.members[0]
-        return {"member": type(member).__name__, "options": member.config(), "size": self.size}
+        return {
+            "member": type(member).__name__,
+            "options": member.config(),
+            "size": self.size,
+            "bootstrap": self.bootstrap,
+        }
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> Ensemble:
@@ -142,7 +157,11 @@ class Ensemble(Estimator):
         if config["member"] not in kinds:
             raise ValueError(f"unknown member class {config['member']!r} in the saved Ensemble")
         kind = kinds[config["member"]]
-        return cls(lambda: kind.from_config(config["options"], **overrides), config["size"])
+        return cls(
+            lambda: kind.from_config(config["options"], **overrides),
+            config["size"],
+            bootstrap=config.get("bootstrap", False),
+        )
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> Ensemble:
@@ -154,12 +173,44 @@ class Ensemble(Estimator):
 
     def extra_repr(self) -> str:
         """The size."""
-        return f"size={self.size}"
+        return f"size={self.size}, bootstrap={self.bootstrap}"
 
     @property
     def support(self) -> constraints.Constraint:
         """The members' support of `x`."""
         return self.members[0].support
+
+    def check_support(self, x: Tensor) -> None:
+        """Raises as the members do for values of `x` outside their support."""
+        self.members[0].check_support(x)
+
+    def members_log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
+        r"""Every member's log-density (or log-ratio), stacked.
+
+        Arguments:
+            x: `(*, *x_shape)` simulator outputs.
+            theta: `(*, D)` parameters; broadcast against the batch shape of `x`.
+
+        Returns:
+            `(M, *)` one row per member over the broadcast batch shape; :meth:`log_prob`
+            is their log-mean-exp (normalised members) or mean (ratios) over the first
+            dimension.
+        """
+        self.check_trained()
+        return torch.stack([member.log_prob(x, theta) for member in self.members])
+
+    def combine(self, values: Tensor) -> Tensor:
+        r"""The ensemble's value from the members' values.
+
+        Arguments:
+            values: `(M, *)` as returned by :meth:`members_log_prob`.
+
+        Returns:
+            `(*)` the log-mean-exp (normalised members) or the mean (ratios).
+        """
+        if self.normalized:
+            return values.logsumexp(0) - math.log(self.size)
+        return values.mean(0)
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""The mixture density (normalised members) or the mean log-ratio (NRE members).
@@ -171,11 +222,7 @@ class Ensemble(Estimator):
         Returns:
             `(*)` log-densities (or log-ratios) over the broadcast batch shape.
         """
-        self.check_trained()
-        values = torch.stack([member.log_prob(x, theta) for member in self.members])
-        if self.normalized:
-            return values.logsumexp(0) - math.log(self.size)
-        return values.mean(0)
+        return self.combine(self.members_log_prob(x, theta))
 
     def forward(self, theta: Tensor) -> Distribution:
         r"""The mixture of the members' likelihoods at `theta` (normalised members only).

@@ -95,6 +95,7 @@ def fit(
     clip_norm: float | None = 5.0,
     lr_decay: float = 0.5,
     average: float = 0.0,
+    bootstrap: bool = False,
     seed: int | None = None,
     device: str | torch.device | None = None,
     num_threads: int | None = None,
@@ -117,6 +118,12 @@ def fit(
         average: decay in `[0, 1)` of an exponential moving average of the weights,
             updated after every step; the average is validated and kept (0: the raw
             weights). About `1 / (1 - average)` steps are averaged.
+        bootstrap: train on a bootstrap resample of the training split (as many rows,
+            drawn with replacement); the validation split stays the held-out rows, so no
+            row is validated on a copy of itself. Members of an
+            :class:`~pyro_sbi.Ensemble` trained this way scatter as estimators trained on
+            other simulations would, which :func:`pyro_sbi.diagnostics.likelihood_error`
+            reads.
         seed: makes the split, the batches and the training reproducible; the global
             random state is left untouched.
         device: where to train (e.g. `"cuda"`); the estimator is moved back to the
@@ -143,14 +150,14 @@ def fit(
         return _fit(
             estimator, theta, x, learning_rate=learning_rate, batch_size=batch_size,
             max_epochs=max_epochs, patience=patience, validation_fraction=validation_fraction,
-            clip_norm=clip_norm, lr_decay=lr_decay, average=average, seed=seed, device=device,
-            progress=progress,
+            clip_norm=clip_norm, lr_decay=lr_decay, average=average, bootstrap=bootstrap,
+            seed=seed, device=device, progress=progress,
         )  # fmt: skip
 
 
 def _fit(
     estimator, theta, x, *, learning_rate, batch_size, max_epochs, patience,
-    validation_fraction, clip_norm, lr_decay, average, seed, device, progress,
+    validation_fraction, clip_norm, lr_decay, average, bootstrap, seed, device, progress,
 ) -> History:  # fmt: skip
     n = len(theta)
     num_validation = max(1, int(round(validation_fraction * n)))
@@ -166,6 +173,8 @@ def _fit(
             torch.manual_seed(seed)
         order = torch.randperm(n)
         valid, train = order[:num_validation], order[num_validation:]
+        if bootstrap:
+            train = train[torch.randint(len(train), (len(train),))]
         theta, x = theta.to(device), x.to(device)
         theta_train, x_train = theta[train.to(device)], x[train.to(device)]
         theta_valid, x_valid = theta[valid.to(device)], x[valid.to(device)]

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from pyro_sbi._arviz import from_dict
 from pyro_sbi.distribution import SimulatorDistribution
+from pyro_sbi.ensemble import Ensemble
 from pyro_sbi.infer import SliceMCMC, _pad
 
 _DRAWS = "_pyro_sbi_draws"
@@ -60,6 +61,7 @@ def to_inference_data(
     log_likelihood: bool = True,
     chunk_size: int = 500,
     validity_threshold: float = 0.01,
+    error_threshold: float = 0.3,
     **kwargs,
 ):
     r"""Builds ArviZ's data object from posterior draws of `model(*args, **kwargs)`.
@@ -79,6 +81,10 @@ def to_inference_data(
         chunk_size: posterior draws per vectorised run of the model.
         validity_threshold: warn when more than this share of a simulator site's
             posterior parameters lie outside its training region.
+        error_threshold: for a simulator site with an :class:`~pyro_sbi.Ensemble`
+            estimator, warn when the disagreement of its members moves some posterior
+            mean by more than this many posterior sds (see
+            :func:`pyro_sbi.diagnostics.likelihood_error`).
         kwargs: the model's keyword arguments.
 
     Returns:
@@ -118,7 +124,8 @@ def to_inference_data(
         name for name in observed if (sim := _simulator_site(base.nodes[name]))
         and not sim.estimator.normalized
     ]  # fmt: skip
-    runner = _Runner(model, base, nesting, args, kwargs)
+    members: dict[str, list[Tensor]] = {}
+    runner = _Runner(model, base, nesting, args, kwargs, members=True)
     for start in range(0, chains * draws, chunk_size):
         chunk = {name: value[start : start + chunk_size] for name, value in flat.items()}
         sites = runner(chunk)
@@ -126,6 +133,8 @@ def to_inference_data(
         for name, site in sites.items():
             if name in log_lik:
                 log_lik[name].append(site["log_prob"])
+            if "members" in site:
+                members.setdefault(name, []).append(site["members"])
             if site["outside"] is not None:
                 outside.setdefault(name, []).append(site["outside"])
         if posterior_predictive:
@@ -179,6 +188,22 @@ def to_inference_data(
                 "proposal covering the posterior",
                 stacklevel=2,
             )
+    if members:
+        drawn = {name: flat[name] for name in latent}
+        for site, errors in _member_shifts(drawn, members).items():
+            name, error = max(
+                ((k, float(v.max(initial=0.0))) for k, v in errors.items()),
+                key=lambda item: item[1],
+            )
+            if error > error_threshold:
+                warnings.warn(
+                    f"site {site!r}: the members of its ensemble disagree by {error:.2f} "
+                    f"posterior sds on {name!r} over the observed data (more than "
+                    f"error_threshold={error_threshold}); one more training run would move "
+                    "the posterior that much. Simulate more, or see "
+                    "pyro_sbi.diagnostics.likelihood_error",
+                    stacklevel=2,
+                )
     return from_dict(groups, coords, dims)
 
 
@@ -263,13 +288,16 @@ class _Runner:
     (the shapes of an ordinary run of the model; `None` for a simulated site of a ratio
     estimator, which has no density in `x`) and, for a simulator site,
     `outside (n,)`: whether any of its parameters in a draw lie outside the training
-    region of its estimator.
+    region of its estimator. With `members=True`, an observed simulator site whose
+    estimator is an :class:`~pyro_sbi.Ensemble` also gives `members (M, n)`: each
+    member's log-density minus the ensemble's, summed over the site's elements.
     """
 
-    def __init__(self, model, base, nesting, args, kwargs) -> None:
+    def __init__(self, model, base, nesting, args, kwargs, *, members=False) -> None:
         self.model, self.base, self.nesting = model, base, nesting
         self.args, self.kwargs = args, kwargs
         self.vectorize = True
+        self.members = members
 
     def __call__(self, samples, *, uncondition=False, size=None) -> dict:
         model = poutine.uncondition(self.model) if uncondition else self.model
@@ -277,7 +305,8 @@ class _Runner:
         if self.vectorize:
             try:
                 return self._run(model, samples, size, vectorized=True)
-            except Exception:  # the model cannot run under an extra plate of draws
+            except Exception:  # the model cannot run under an extra plate of draws, e.g.
+                # `Normal(mu, s).expand([2])` with a batched `mu`: one draw at a time
                 self.vectorize = False
         runs = [
             self._run(model, {k: v[i : i + 1] for k, v in samples.items()}, 1, vectorized=False)
@@ -285,7 +314,10 @@ class _Runner:
         ]
         return {
             name: {
-                key: None if part is None else torch.cat([run[name][key] for run in runs])
+                # per draw along dim 0, but `members (M, n)` along dim 1
+                key: None
+                if part is None
+                else torch.cat([run[name][key] for run in runs], int(key == "members"))
                 for key, part in site.items()
             }
             for name, site in runs[0].items()
@@ -318,11 +350,17 @@ class _Runner:
                 log_p = site["fn"].log_prob(site["value"])
                 log_p = log_p.expand(log_p.shape[: log_p.dim() - len(batch)] + batch)
                 log_p = log_p.reshape(size, *batch)
+            value = site["value"]
+            if value.shape == natural["value"].shape:  # observed data: the same for every draw
+                value = value.expand(size, *value.shape)
             result = {
-                "value": site["value"].reshape(size, *natural["value"].shape),
+                "value": value.reshape(size, *natural["value"].shape),
                 "log_prob": log_p,
                 "outside": None,
             }
+            ensembled = simulator is not None and isinstance(simulator.estimator, Ensemble)
+            if self.members and site["is_observed"] and ensembled:
+                result["members"] = self._members(site, simulator, size, vectorized)
             if simulator is not None and simulator.estimator.trained:
                 if simulator.condition is None:
                     theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
@@ -336,6 +374,57 @@ class _Runner:
                     result["outside"] = outside.reshape(size, -1).any(-1)
             sites[name] = result
         return sites
+
+    def _members(self, site, simulator, size, vectorized) -> Tensor:
+        """`(M, size)`: each member's log-density minus the ensemble's, per draw."""
+        ensemble = simulator.estimator
+        values = ensemble.members_log_prob(site["value"], simulator.context)
+        difference = values - ensemble.combine(values)
+        mask = site["mask"]
+        if mask is not None and mask is not True:
+            difference = torch.where(mask, difference, 0.0)
+        difference = difference * site["scale"]
+        rest = difference.shape[1:]
+        if not vectorized:
+            return difference.reshape(len(difference), 1, -1).sum(-1)
+        # the draws are dim -nesting - 1; a site whose parameters do not depend on them
+        # has that dimension broadcast (size 1) or missing
+        rest = (1,) * max(0, self.nesting + 1 - len(rest)) + tuple(rest)
+        difference = difference.reshape(len(difference), *rest)
+        draws = difference.shape[1]
+        per_draw = difference.reshape(len(difference), draws, -1).sum(-1)
+        return per_draw.expand(len(difference), size)
+
+
+def _member_shifts(
+    latent: dict[str, Tensor], members: dict[str, list[Tensor]]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per ensemble site, per latent site: the scatter of the members' posterior means.
+
+    `latent` holds draws `(num_draws, *shape)`; `members` the parts of `(M, num_draws)`
+    log-weights of each ensemble site. See :func:`pyro_sbi.diagnostics.likelihood_error`.
+    """
+    num_draws = len(next(iter(latent.values())))
+    values = {name: value.reshape(num_draws, -1).double() for name, value in latent.items()}
+    result = {}
+    for site, parts in members.items():
+        weights = torch.softmax(torch.cat(parts, dim=1).double(), dim=1)
+        ess = float((1.0 / (weights**2).sum(1)).min())
+        if ess < 20:
+            warnings.warn(
+                f"site {site!r}: the importance weights of a member of its ensemble have an "
+                f"effective sample size of {ess:.1f} of {num_draws} draws; the members' "
+                "posteriors barely overlap, so their disagreement is larger than the "
+                "reported error can show",
+                stacklevel=3,
+            )
+        result[site] = {}
+        for name, value in values.items():
+            sd = value.std(0).clamp_min(torch.finfo(torch.double).tiny)
+            shift = (weights @ value - value.mean(0)) / sd  # (M, elements)
+            error = ((shift**2).sum(0) / max(1, len(weights) - 1)).sqrt()
+            result[site][name] = error.reshape(latent[name].shape[1:]).numpy()
+    return result
 
 
 def _simulator_site(site) -> SimulatorDistribution | None:

@@ -214,3 +214,23 @@ def test_many_chains_of_few_draws_keep_their_layout_without_a_warning():
         idata = to_inference_data(run, tractable_model, y)
     assert idata.posterior["mu"].shape == (30, 4)
     assert idata.posterior["mu"].dims == ("chain", "draw")
+
+
+def test_a_model_with_observed_plates_runs_vectorised():
+    """Observed data carry no dimension of draws; the model still runs for all draws at once."""
+    from pyro_sbi.inference_data import _base_trace, _max_plate_nesting, _Runner
+
+    def model(y=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("trials", 3):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.tensor([0.1, -0.4, 2.0])
+    base = _base_trace(model, (y,), {})
+    runner = _Runner(model, base, _max_plate_nesting(base), (y,), {})
+    mu = torch.randn(50)
+    sites = runner({"mu": mu})
+    assert runner.vectorize
+    assert sites["y"]["value"].shape == (50, 3) and torch.equal(sites["y"]["value"][7], y)
+    expected = dist.Normal(mu.unsqueeze(-1), 1.0).log_prob(y)
+    torch.testing.assert_close(sites["y"]["log_prob"], expected)
