@@ -38,7 +38,7 @@ from torch import Size, Tensor
 from torch.distributions import constraints
 
 from pyro_sbi.nn import Estimator, distinct
-from pyro_sbi.simulate import simulate
+from pyro_sbi.simulation import simulate
 
 
 class SimulatorDistribution(TorchDistribution):
@@ -218,7 +218,7 @@ class SimulatorDistribution(TorchDistribution):
         With a condition, the simulator gets each element's `theta` and condition.
         A failed simulation (see :func:`pyro_sbi.simulate`) gives a NaN output and a
         warning; more than half of them failing raises a
-        :class:`~pyro_sbi.simulate.SimulationError`.
+        :class:`~pyro_sbi.simulation.SimulationError`.
 
         Returns:
             `(*sample_shape, *batch_shape, *x_shape)` simulator outputs.

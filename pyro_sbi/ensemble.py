@@ -44,9 +44,9 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from pyro_sbi.fit import History
+from pyro_sbi.fitting import History
 from pyro_sbi.nn import _BUFFERS, Estimator, EstimatorDistribution
-from pyro_sbi.simulate import _as_count
+from pyro_sbi.simulation import _as_count
 
 
 class Ensemble(Estimator):
@@ -66,7 +66,7 @@ class Ensemble(Estimator):
         build: makes one untrained member, e.g. `lambda: NRE("A")`.
         size: the number of members `M`.
         bootstrap: train each member on its own bootstrap resample of the training
-            simulations (see :func:`pyro_sbi.fit.fit`), so that the members disagree as
+            simulations (see :func:`pyro_sbi.fitting.fit`), so that the members disagree as
             much as estimators trained on other simulations would. That disagreement is
             what :func:`pyro_sbi.diagnostics.likelihood_error` turns into an error of the
             posterior; without it, the members share every simulation and their
@@ -118,10 +118,10 @@ class Ensemble(Estimator):
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs.
-            options: options of :func:`pyro_sbi.fit.fit`.
+            options: options of :func:`pyro_sbi.fitting.fit`.
 
         Returns:
-            The training :class:`~pyro_sbi.fit.History` of each member.
+            The training :class:`~pyro_sbi.fitting.History` of each member.
         """
         theta, x = self._check_pair(theta, x)
         self.build(theta, x)

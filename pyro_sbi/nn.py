@@ -126,7 +126,7 @@ class Estimator(nn.Module):
         condition_dim: how many of those columns are a condition `d_u` (set by
             :func:`pyro_sbi.train`, 0 for none; `None` when unknown).
         normalized: whether :meth:`log_prob` is a normalised density in `x`.
-        fit_defaults: options of :func:`pyro_sbi.fit.fit` that this kind of estimator
+        fit_defaults: options of :func:`pyro_sbi.fitting.fit` that this kind of estimator
             trains with unless :meth:`fit` is given others.
     """
 
@@ -251,14 +251,14 @@ class Estimator(nn.Module):
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs for those parameters.
-            options: options of :func:`pyro_sbi.fit.fit` (`max_epochs`, `batch_size`,
+            options: options of :func:`pyro_sbi.fitting.fit` (`max_epochs`, `batch_size`,
                 `learning_rate`, `patience`, `seed`, `device`, `progress`, ...); they
                 override :attr:`fit_defaults`.
 
         Returns:
-            The training :class:`~pyro_sbi.fit.History`.
+            The training :class:`~pyro_sbi.fitting.History`.
         """
-        from pyro_sbi.fit import fit  # the loop is shared; imported here to avoid a cycle
+        from pyro_sbi.fitting import fit  # the loop is shared; imported here to avoid a cycle
 
         theta, x = self._check_pair(theta, x)
         seed = options.get("seed")

@@ -125,7 +125,7 @@ class NRE(Estimator):
     training seeds x 3 observations), the worst-dimension error of the posterior mean
     was on average 0.09 posterior sds for each variant (at most 0.20 for NRE-A, 0.17 for
     NRE-B, 0.14 for NRE-C), with posterior sds within 15 %. Without the moving average
-    of the weights (:attr:`fit_defaults`, see :func:`pyro_sbi.fit.fit`) it was 0.23 (at
+    of the weights (:attr:`fit_defaults`, see :func:`pyro_sbi.fitting.fit`) it was 0.23 (at
     most 0.51), 0.16 (0.23) and 0.14 (0.21): the error changes sign and size from one
     training seed to the next, the scatter of the last weights around the optimum, which
     30,000 simulations did not shrink. NRE-A with one marginal pair per joint pair

@@ -194,7 +194,7 @@ def plot_history(history):
     r"""Training and validation losses per epoch of one or several training runs.
 
     Arguments:
-        history: a :class:`~pyro_sbi.fit.History` or a list of them (an ensemble).
+        history: a :class:`~pyro_sbi.fitting.History` or a list of them (an ensemble).
 
     Returns:
         The matplotlib `Figure`.

@@ -5,7 +5,7 @@ r"""An append-only, crash-safe store of simulations on disk (zarr).
 - `theta (N, D)` float64, the parameters, written when the run is planned;
 - `x (N, *x_shape)`, the outputs (NaN where a simulation failed or is missing);
 - `seed (N,)` int64, the seed each simulation runs with, written before they run;
-- `status (N,)` int8: -1 still missing, otherwise a code of :mod:`pyro_sbi.simulate`
+- `status (N,)` int8: -1 still missing, otherwise a code of :mod:`pyro_sbi.simulation`
   (0 ok, 1 NaN/inf, 2 error, 3 timeout);
 - attributes: the simulator's name, `D`, the root seed, the batch size and the failure
   messages.

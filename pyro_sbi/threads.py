@@ -6,7 +6,7 @@ the threads cost more in synchronisation than they gain, most of all on a machin
 cores are shared with other work (measured by `python -m pyro_sbi.benchmark.threads`;
 the numbers are in the how-to page "Choose the number of threads").
 
-So :func:`~pyro_sbi.fit.fit` (every estimator's training, and :func:`~pyro_sbi.train`)
+So :func:`~pyro_sbi.fitting.fit` (every estimator's training, and :func:`~pyro_sbi.train`)
 runs with :data:`DEFAULT_NUM_THREADS` torch threads **unless the user chose a count**,
 and restores the caller's count afterwards. :class:`~pyro_sbi.SliceMCMC` evaluates the
 model on all its chains at once, batches large enough for threads to pay (measured

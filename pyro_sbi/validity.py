@@ -35,7 +35,7 @@ from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name
 class ValidityClassifier(Estimator):
     r"""A classifier for :math:`P(\text{valid} \mid \theta)`: a residual MLP on z-scored `theta`.
 
-    Trained with :func:`pyro_sbi.fit.fit` on `theta (n, D)` and labels `(n, 1)` (1 for
+    Trained with :func:`pyro_sbi.fitting.fit` on `theta (n, D)` and labels `(n, 1)` (1 for
     a valid simulation, 0 for a failed one) by binary cross-entropy.
 
     Arguments:

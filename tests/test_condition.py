@@ -270,7 +270,7 @@ def test_numpy_simulator_gets_both_as_numpy(trained, batched):
 
 
 def test_the_wrapped_simulator_keeps_the_name_seed_and_pickles():
-    from pyro_sbi.simulate import simulate
+    from pyro_sbi.simulation import simulate
     from pyro_sbi.store import simulator_id
 
     def with_seed(theta, u, seed=None):

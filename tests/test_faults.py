@@ -15,7 +15,7 @@ import torch
 from simulators import Faulty, logged_rows
 
 from pyro_sbi import simulate
-from pyro_sbi.simulate import OK, TIMEOUT
+from pyro_sbi.simulation import OK, TIMEOUT
 from pyro_sbi.store import SimulationStore
 
 zarr = pytest.importorskip("zarr")
@@ -111,7 +111,7 @@ def dask_client():
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            preload=["pyro_sbi.simulate"],
+            preload=["pyro_sbi.simulation"],
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

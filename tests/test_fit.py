@@ -67,7 +67,7 @@ def test_average_must_be_below_one():
 
 
 def test_an_estimators_fit_defaults_yield_to_explicit_options(monkeypatch):
-    module = sys.modules["pyro_sbi.fit"]  # `pyro_sbi.fit` the attribute is the function
+    module = sys.modules["pyro_sbi.fitting"]
     original, seen = module.fit, {}
 
     def spy(estimator, theta, x, **options):

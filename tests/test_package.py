@@ -33,3 +33,24 @@ def test_import_leaves_torch_validation_default_unchanged():
 def test_zuko_alone_would_change_it():
     # The guard is needed: importing zuko on its own flips the global default.
     assert _validation_after_import("True", "import zuko") == "False dict"
+
+
+def test_modules_are_not_shadowed_by_the_functions_they_define():
+    """`pyro_sbi.fit`, `.simulate`, `.train` are functions; their modules have other names."""
+    import importlib
+    import inspect
+
+    import pyro_sbi
+
+    for function, module in [
+        ("fit", "fitting"),
+        ("simulate", "simulation"),
+        ("train", "training"),
+    ]:
+        imported = importlib.import_module(f"pyro_sbi.{module}")
+        assert inspect.isfunction(getattr(pyro_sbi, function))
+        assert getattr(pyro_sbi, function) is getattr(imported, function)
+        assert getattr(pyro_sbi, module) is imported
+    import pyro_sbi.simulation
+
+    assert pyro_sbi.simulation.SimulationError is pyro_sbi.SimulationError

@@ -6,7 +6,7 @@ import simulators
 import torch
 
 from pyro_sbi import simulate
-from pyro_sbi.simulate import SimulationError
+from pyro_sbi.simulation import SimulationError
 from pyro_sbi.store import SimulationStore
 
 

@@ -7,7 +7,7 @@ import zuko
 from models import Counter, hierarchical
 
 from pyro_sbi import NLE, SimulatorDistribution, train
-from pyro_sbi.simulate import SimulationError
+from pyro_sbi.simulation import SimulationError
 
 FAST = {"max_epochs": 2}
 
@@ -357,7 +357,7 @@ def test_unknown_fit_options_are_refused_before_simulating():
     with pytest.raises(
         TypeError,
         match=r"unknown fit_options key 'max_epoch' \(did you mean 'max_epochs'\?\); "
-        r"the options of pyro_sbi.fit.fit are .*batch_size.*max_epochs.*seed",
+        r"the options of pyro_sbi.fitting.fit are .*batch_size.*max_epochs.*seed",
     ):
         train(
             hierarchical(simulator, NLE()),
@@ -372,7 +372,7 @@ def test_fit_options_are_read_from_the_signature_of_fit(monkeypatch):
     import importlib
     import inspect
 
-    module = importlib.import_module("pyro_sbi.fit")  # `pyro_sbi.fit` is the function
+    module = importlib.import_module("pyro_sbi.fitting")
     real = module.fit
     seen = {}
 

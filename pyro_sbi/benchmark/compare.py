@@ -20,7 +20,7 @@ a choice) takes ``mnle`` (and ``nre``) in place of ``nle``.
 Our estimators are the library's defaults, ``NLE()`` (a masked autoregressive flow, the
 flow of sbi's NLE) and ``NRE()``, and ``MNLE(discrete=[1], log_transform=True)`` (the
 reaction times on the log scale) for the drift-diffusion task, all with
-:func:`~pyro_sbi.fit.fit`'s default settings; ``--flow nsf`` swaps in a spline flow for
+:func:`~pyro_sbi.fitting.fit`'s default settings; ``--flow nsf`` swaps in a spline flow for
 NLE. Measured on one observation, the MAF is more accurate
 on slcp (C2ST 0.78 against 0.85 at 10,000 simulations) and gaussian_linear, and 2 to 3
 times faster to train and to sample; the spline flow is more accurate on the 2-D

@@ -25,7 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from pyro_sbi.simulate import simulate
+from pyro_sbi.simulation import simulate
 
 
 def cheap(theta: torch.Tensor) -> torch.Tensor:

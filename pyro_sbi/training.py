@@ -47,9 +47,9 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from pyro_sbi.distribution import SimulatorDistribution, _WithCondition
-from pyro_sbi.fit import History
+from pyro_sbi.fitting import History
 from pyro_sbi.nn import Estimator
-from pyro_sbi.simulate import Simulations, _as_count, simulate
+from pyro_sbi.simulation import Simulations, _as_count, simulate
 from pyro_sbi.validity import ValidityClassifier
 
 
@@ -142,7 +142,7 @@ def train(
             site with a condition, each draw is paired with a condition row of the
             model's design, chosen at random.
         simulation_batch_size: parameters per simulator call (all at once by default).
-        fit_options: options of :func:`pyro_sbi.fit.fit`, e.g.
+        fit_options: options of :func:`pyro_sbi.fitting.fit`, e.g.
             `{"max_epochs": 200, "batch_size": 512}`; an unknown key is refused before
             anything is simulated.
         seed: seeds torch, numpy and `random` (via `pyro.set_rng_seed`) before drawing,
@@ -288,16 +288,16 @@ def train(
 def _checked_fit_options(fit_options: Mapping | None) -> dict:
     """A copy of `fit_options`, refused before any simulation if a key is not an option.
 
-    The options are the keyword arguments of :func:`pyro_sbi.fit.fit` after
+    The options are the keyword arguments of :func:`pyro_sbi.fitting.fit` after
     `(estimator, theta, x)`, read from its signature.
     """
-    from pyro_sbi.fit import fit
+    from pyro_sbi.fitting import fit
 
     if fit_options is None:
         return {}
     if not isinstance(fit_options, Mapping):
         raise TypeError(
-            "train: fit_options must be a mapping of options of pyro_sbi.fit.fit, e.g. "
+            "train: fit_options must be a mapping of options of pyro_sbi.fitting.fit, e.g. "
             f'{{"max_epochs": 200}}; got {type(fit_options).__name__}'
         )
     parameters = list(inspect.signature(fit).parameters.values())
@@ -314,7 +314,7 @@ def _checked_fit_options(fit_options: Mapping | None) -> dict:
         ]
         raise TypeError(
             f"train: unknown fit_options key{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(hints)}; the options of pyro_sbi.fit.fit are {', '.join(valid)}"
+            f"{', '.join(hints)}; the options of pyro_sbi.fitting.fit are {', '.join(valid)}"
         )
     return dict(fit_options)
 
