@@ -130,7 +130,13 @@ class Ensemble(Estimator):
         histories = []
         for m, member in enumerate(self.members):
             member_seed = None if seed is None else seed + m
-            histories.append(member.fit(theta, x, seed=member_seed, **options))
+            try:
+                histories.append(member.fit(theta, x, seed=member_seed, **options))
+            except KeyboardInterrupt as interrupt:  # the members after m never trained
+                raise KeyboardInterrupt(
+                    f"training interrupted at member {m + 1} of {self.size}; the ensemble "
+                    "is left untrained"
+                ) from interrupt
         self.num_simulations = len(theta)
         self.requires_grad_(False)
         self.eval()

@@ -17,7 +17,7 @@ the next when the validation loss is flat near its minimum.
 
 from __future__ import annotations
 
-__all__ = ["History", "fit"]
+__all__ = ["History", "TrainingInterrupted", "fit"]
 
 import copy
 import math
@@ -41,6 +41,8 @@ class History:
         validation_loss: validation loss per epoch.
         best_epoch: the epoch (0-based) whose weights were kept.
         stopped_early: whether training stopped on patience rather than `max_epochs`.
+        interrupted: whether a `KeyboardInterrupt` stopped it (see
+            :class:`TrainingInterrupted`).
         seconds: wall time of the loop.
     """
 
@@ -48,6 +50,7 @@ class History:
     validation_loss: list[float] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    interrupted: bool = False
     seconds: float = 0.0
 
     @property
@@ -80,6 +83,28 @@ class History:
         ax.set_ylabel("loss")
         ax.legend()
         return ax
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    r"""A `KeyboardInterrupt` (Ctrl-C) during :func:`fit`, after at least one epoch.
+
+    It is a `KeyboardInterrupt`, so a script still stops; but the estimator is not left
+    half-updated: it holds the weights of the best epoch validated before the interrupt,
+    and an estimator's :meth:`~pyro_sbi.nn.Estimator.fit` marks it trained, so it can be
+    used or saved. An interrupt during the first epoch raises a plain
+    `KeyboardInterrupt` and leaves the estimator untrained.
+
+    Attributes:
+        history: the :class:`History` up to the interrupt (`interrupted` is true).
+    """
+
+    def __init__(self, history: History) -> None:
+        super().__init__(
+            f"training interrupted after {history.epochs} epochs; the estimator keeps the "
+            f"weights of epoch {history.best_epoch} (validation loss "
+            f"{history.best_validation_loss:.4g})"
+        )
+        self.history = history
 
 
 def fit(
@@ -135,6 +160,10 @@ def fit(
 
     Returns:
         The :class:`History` of losses; the estimator holds the best weights.
+
+    Raises:
+        TrainingInterrupted: on Ctrl-C after the first epoch; the estimator then holds
+            the best weights validated so far.
 
     Example:
         >>> from pyro_sbi import NLE
@@ -195,50 +224,62 @@ def _fit(
         num_batches = max(1, math.ceil(len(train) / batch_size))
 
         bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress)
-        for epoch in bar:
-            estimator.train()
-            permutation = torch.randperm(len(train), device=device)
-            total = 0.0
-            for batch in permutation.chunk(num_batches):
-                loss = estimator.loss(theta_train[batch], x_train[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                if clip_norm is not None:
-                    nn.utils.clip_grad_norm_(estimator.parameters(), clip_norm)
-                optimizer.step()
-                if averaged is not None:
-                    averaged.update_parameters(estimator)
-                total += loss.item() * len(batch)
-            history.train_loss.append(total / len(train))
+        try:
+            for epoch in bar:
+                estimator.train()
+                permutation = torch.randperm(len(train), device=device)
+                total = 0.0
+                for batch in permutation.chunk(num_batches):
+                    loss = estimator.loss(theta_train[batch], x_train[batch])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    if clip_norm is not None:
+                        nn.utils.clip_grad_norm_(estimator.parameters(), clip_norm)
+                    optimizer.step()
+                    if averaged is not None:
+                        averaged.update_parameters(estimator)
+                    total += loss.item() * len(batch)
+                history.train_loss.append(total / len(train))
 
-            kept.eval()
-            with torch.no_grad():
-                validation = _batched_loss(kept, theta_valid, x_valid, 4 * batch_size)
-            history.validation_loss.append(validation)
-            if scheduler is not None:
-                scheduler.step(validation)
+                kept.eval()
+                with torch.no_grad():
+                    validation = _batched_loss(kept, theta_valid, x_valid, 4 * batch_size)
+                history.validation_loss.append(validation)
+                if scheduler is not None:
+                    scheduler.step(validation)
 
-            if validation < best_loss:
-                best_loss, stale = validation, 0
-                best_state = copy.deepcopy(kept.state_dict())
-                history.best_epoch = epoch
-            else:
-                stale += 1
-            bar.set_postfix(train=f"{history.train_loss[-1]:.3f}", validation=f"{validation:.3f}")
-            if not math.isfinite(history.train_loss[-1]):
-                raise FloatingPointError(
-                    f"training loss became {history.train_loss[-1]} at epoch {epoch}; lower "
-                    "learning_rate or check the simulations for extreme values"
+                if validation < best_loss:
+                    best_loss, stale = validation, 0
+                    best_state = copy.deepcopy(kept.state_dict())
+                    history.best_epoch = epoch
+                else:
+                    stale += 1
+                bar.set_postfix(
+                    train=f"{history.train_loss[-1]:.3f}", validation=f"{validation:.3f}"
                 )
-            if stale >= patience:
-                history.stopped_early = True
-                break
-        bar.close()
+                if not math.isfinite(history.train_loss[-1]):
+                    raise FloatingPointError(
+                        f"training loss became {history.train_loss[-1]} at epoch {epoch}; lower "
+                        "learning_rate or check the simulations for extreme values"
+                    )
+                if stale >= patience:
+                    history.stopped_early = True
+                    break
+        except KeyboardInterrupt:
+            history.interrupted = True
+            del history.train_loss[len(history.validation_loss) :]  # an unfinished epoch
+        finally:
+            bar.close()
 
     optimizer.zero_grad(set_to_none=True)
+    if best_state is None:  # interrupted before the first validation
+        estimator.to(home)
+        raise KeyboardInterrupt("training interrupted during its first epoch")
     estimator.load_state_dict(best_state)
     estimator.to(home)
     history.seconds = time.perf_counter() - start
+    if history.interrupted:
+        raise TrainingInterrupted(history)
     return history
 
 

@@ -257,8 +257,12 @@ class Estimator(nn.Module):
 
         Returns:
             The training :class:`~pyro_sbi.fitting.History`.
+
+        Raises:
+            pyro_sbi.fitting.TrainingInterrupted: on Ctrl-C after the first epoch; the
+                estimator is then trained, with the best weights validated so far.
         """
-        from pyro_sbi.fitting import fit  # the loop is shared; imported here to avoid a cycle
+        from pyro_sbi.fitting import TrainingInterrupted, fit  # imported here: no cycle
 
         theta, x = self._check_pair(theta, x)
         seed = options.get("seed")
@@ -266,10 +270,15 @@ class Estimator(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.build(theta, x)
-        history = fit(self, theta, x, **{**self.fit_defaults, **options})
+        try:
+            history = fit(self, theta, x, **{**self.fit_defaults, **options})
+        except TrainingInterrupted:  # the best weights so far: a usable estimator
+            self.num_simulations = len(theta)
+            raise
+        finally:
+            self.requires_grad_(False)
+            self.eval()
         self.num_simulations = len(theta)
-        self.requires_grad_(False)
-        self.eval()
         return history
 
     # saving ---------------------------------------------------------------------------

@@ -214,3 +214,19 @@ def test_trials_accuracy_rows(monkeypatch):
     ]  # fmt: skip
     assert all(isinstance(r["c2st"], float) for r in rows) and len(printed) == 4
     assert printed[0].startswith("| linear | nle | 300 | 1 |")
+
+
+def test_trials_end_to_end_rows():
+    """The plumbing of the end-to-end run (short chains, a briefly trained MNLE)."""
+    from pyro_sbi.benchmark import trials
+
+    lines = []
+    options = dict(num_simulations=400, chains=2, warmup=4, samples=6, max_tree_depth=3)
+    rows = trials.end_to_end(2, 8, **options, log=lambda line, **_: lines.append(line))
+    assert [row["likelihood"] for row in rows] == ["MNLE", "exact"]
+    assert 0.0 <= rows[0]["c2st"] <= 1.0 and "c2st" not in rows[1]
+    for row in rows:
+        assert row["seconds"] > 0 and row["min_ess"] > 0 and row["divergent"] >= 0
+        assert row["ess_per_s"] == row["min_ess"] / row["seconds"]
+    assert lines[0].startswith("trained MNLE(discrete=[1]) on 400 simulations")
+    assert lines[1].startswith("| 2 × 8 | MNLE |") and lines[2].startswith("| 2 × 8 | exact |")

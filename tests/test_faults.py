@@ -1,4 +1,4 @@
-"""Faults the simulation engine survives: dead workers, hung simulators, a full disk, Ctrl-C.
+"""Faults survived: dead workers, hung simulators, a full disk, Ctrl-C in simulation and training.
 
 After each fault the store holds every finished simulation once, and a rerun with the
 same store simulates exactly the rows that are missing. The simulators write the rows
@@ -10,11 +10,15 @@ import contextlib
 import errno
 from concurrent.futures import Executor, ProcessPoolExecutor, wait
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
+import zuko
 from simulators import Faulty, logged_rows
 
-from pyro_sbi import simulate
+from pyro_sbi import NLE, Ensemble, SimulatorDistribution, UntrainedEstimatorError, simulate, train
+from pyro_sbi.fitting import TrainingInterrupted
 from pyro_sbi.simulation import OK, TIMEOUT
 from pyro_sbi.store import SimulationStore
 
@@ -275,3 +279,92 @@ def test_ctrl_c_in_a_simulator_stops_the_run_and_a_rerun_resumes(tmp_path, pool)
     resumed = run(simulator, theta, store, batched=False)
     assert sorted(logged_rows(tmp_path / "rerun")) == torch.nonzero(~done).flatten().tolist()
     assert torch.equal(resumed.x, expected.x) and resumed.num_failed == 0
+
+
+# Ctrl-C during training ---------------------------------------------------------------
+
+
+class Interrupting(NLE):
+    """An NLE whose loss raises KeyboardInterrupt at its `at`-th training call."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__(zuko.flows.MAF)
+        self.at, self.calls = at, 0
+
+    def loss(self, theta, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+        return super().loss(theta, x)
+
+
+def training_pairs():
+    theta = torch.randn(600, 1, generator=torch.Generator().manual_seed(0))
+    return theta, theta + 0.3 * torch.randn(600, 1, generator=torch.Generator().manual_seed(1))
+
+
+FIT = dict(batch_size=90, seed=0, progress=False, patience=100)  # 6 training steps an epoch
+
+
+def test_ctrl_c_during_training_keeps_the_best_epoch_so_far():
+    """Catches the weights of the step that was interrupted kept (half-way through an
+    epoch) and an interrupted estimator left marked untrained although usable."""
+    theta, x = training_pairs()
+    interrupted = Interrupting(at=6 * 3 + 2)  # in the 4th epoch
+    with pytest.raises(TrainingInterrupted) as info:
+        interrupted.fit(theta, x, max_epochs=10, **FIT)
+    history = info.value.history
+    assert history.interrupted and history.epochs == 3 and not interrupted.training
+    three = Interrupting(at=-1)
+    assert three.fit(theta, x, max_epochs=3, **FIT).best_epoch == history.best_epoch
+    points = torch.linspace(-2, 2, 9).unsqueeze(-1)
+    assert torch.equal(interrupted.log_prob(points, points), three.log_prob(points, points))
+    assert not any(p.requires_grad for p in interrupted.parameters())
+
+
+def test_ctrl_c_in_the_first_epoch_leaves_the_estimator_untrained():
+    theta, x = training_pairs()
+    interrupted = Interrupting(at=3)
+    with pytest.raises(KeyboardInterrupt) as info:
+        interrupted.fit(theta, x, max_epochs=10, **FIT)
+    assert not isinstance(info.value, TrainingInterrupted)
+    with pytest.raises(UntrainedEstimatorError):
+        interrupted.log_prob(theta[:2], theta[:2])
+
+
+def test_ctrl_c_in_an_ensemble_leaves_it_untrained():
+    """Catches an ensemble marked trained with members that never trained."""
+    theta, x = training_pairs()
+    members = iter([Interrupting(at=-1), Interrupting(at=8)])
+    ensemble = Ensemble(lambda: next(members), size=2)
+    with pytest.raises(KeyboardInterrupt, match="member 2 of 2"):
+        ensemble.fit(theta, x, max_epochs=3, **FIT)
+    assert not ensemble.trained
+
+
+def test_ctrl_c_during_train_keeps_the_store_and_a_rerun_simulates_nothing(tmp_path):
+    calls = []
+
+    def simulator(theta):
+        calls.append(len(theta))
+        return theta + 0.3 * torch.randn_like(theta)
+
+    def model(estimator):
+        def run(x=None):
+            mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+            with pyro.plate("trials", 5):
+                return pyro.sample(
+                    "x", SimulatorDistribution(simulator, mu.unsqueeze(-1), estimator), obs=x
+                )
+
+        return run
+
+    options = dict(num_simulations=300, seed=0, store=tmp_path, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(model(Interrupting(at=2)), fit_options={"max_epochs": 3}, **options)
+    simulated = sum(calls)
+    assert simulated >= 300
+    likelihood = Interrupting(at=-1)
+    train(model(likelihood), fit_options={"max_epochs": 3}, **options)
+    assert sum(calls) == simulated and likelihood.trained

@@ -33,6 +33,18 @@ in this process and on one torch thread, for
 The cost does not depend on how well the MNLE is trained, so it is trained briefly.
 Ratios to the exact density's time in the same run are what to compare across
 machines.
+
+**End to end** (`python -m pyro_sbi.benchmark.trials --end-to-end 5 200`): the
+hierarchical DDM of HSSM's benchmark setting — every one of the four parameters
+hierarchical, non-centred (Pyro's `LocScaleReparam`), subjects × trials given — with
+data simulated at known group parameters. `MNLE(discrete=[1])` is trained with
+:func:`~pyro_sbi.train` on `--simulations` draws of the task's prior box (default 10⁵),
+then NUTS runs `--chains` chains of `--warmup` + `--samples` iterations (default
+2 × (500 + 500), HSSM's figure) with the learned and with the exact density, the
+chains two at a time on two processes. It reports per likelihood the seconds, the
+smallest effective sample size of the group parameters and its rate per second of
+chain time, the divergent transitions and the largest R-hat, and the C2ST of the
+learned group-level posterior (means and spreads, 8-D) against the exact one.
 """
 
 from __future__ import annotations
@@ -42,14 +54,19 @@ import os
 import platform
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
 from pyro.infer.mcmc.util import initialize_model
+from pyro.infer.reparam import LocScaleReparam
+from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
-from pyro_sbi import MNLE, NLE, NRE, SimulatorDistribution, SliceMCMC, c2st
+from pyro_sbi import MNLE, NLE, NRE, SimulatorDistribution, SliceMCMC, c2st, train
 from pyro_sbi.tasks import ddm
 
 SHAPES = ((5, 100), (20, 200), (50, 400))
@@ -79,6 +96,104 @@ def hierarchical(likelihood: MNLE | None, subjects: int, trials: int, *, copy: b
                 return pyro.sample("x", fn, obs=x)
 
     return model
+
+
+# the end-to-end run: group parameters of the simulated data, on the logit scale of the box
+GROUP_MEAN = torch.tensor([0.6, -0.3, 0.2, -1.7])
+GROUP_SPREAD = torch.tensor([0.4, 0.2, 0.2, 0.1])
+
+
+def non_centred(model):
+    """`model` with the subjects' `u` drawn as `mu + sigma * u_decentered` (non-centred)."""
+    return poutine.reparam(model, config={"u": LocScaleReparam(centered=0.0)})
+
+
+def _chain(
+    likelihood, subjects, trials, x, seed, warmup, samples, depth
+) -> tuple[dict, int, float]:
+    """One non-centred NUTS chain (in a worker process): draws, divergences, seconds."""
+    torch.set_num_threads(1)
+    pyro.set_rng_seed(seed)
+    # every subject starts at tau = 0.3 s, below its fastest trial (the exact density is
+    # zero wherever tau exceeds a reaction time), the rest in the middle of the box
+    middle = torch.logit((torch.tensor([0.0, 1.25, 0.5, 0.3]) - LOW) / (HIGH - LOW))
+    start = {"mu": middle, "sigma": 0.1 * torch.ones(4),
+             "u_decentered": torch.zeros(subjects, 4)}  # fmt: skip
+    model = non_centred(hierarchical(likelihood, subjects, trials))
+    kernel = NUTS(model, init_strategy=init_to_value(values=start), max_tree_depth=depth)
+    mcmc = MCMC(kernel, num_samples=samples, warmup_steps=warmup, disable_progbar=True)
+    began = time.perf_counter()
+    mcmc.run(x)
+    divergent = sum(len(d) for d in mcmc.diagnostics()["divergences"].values())
+    return mcmc.get_samples(), divergent, time.perf_counter() - began
+
+
+def end_to_end(
+    subjects=5, trials=200, num_simulations=100_000, chains=2, warmup=500, samples=500,
+    max_tree_depth=10, seed=0, log=print,
+) -> list[dict]:  # fmt: skip
+    """NUTS on a non-centred hierarchical DDM, with `MNLE(discrete=[1])` and exactly.
+
+    Arguments:
+        subjects: number of subjects.
+        trials: i.i.d. trials per subject.
+        num_simulations: training simulations for the MNLE, from the prior box.
+        chains: NUTS chains per likelihood.
+        warmup: warm-up iterations per chain.
+        samples: draws per chain.
+        max_tree_depth: NUTS's (Pyro's default 10).
+        seed: roots the data, training and chain seeds.
+        log: prints progress and each row.
+
+    Returns:
+        One row per likelihood (`"MNLE"`, `"exact"`): `seconds` (chains' time summed),
+        `wall` (seconds of the two-process run, shared), `min_ess` and `ess_per_s`
+        over the 8 group parameters, `divergent`, `r_hat` (largest) and, on the MNLE's
+        row, `c2st` of its group-level draws against the exact ones; the first row also
+        has `train_s`, the seconds of simulation and training.
+    """
+    pyro.set_rng_seed(seed)
+    u = GROUP_MEAN + GROUP_SPREAD * torch.randn(subjects, 4)
+    truth = LOW + (HIGH - LOW) * u.sigmoid()
+    x = ddm.simulate_ddm(truth.expand(trials, subjects, 4).reshape(-1, 4))
+    x = x.reshape(trials, subjects, 2)
+
+    likelihood = MNLE(discrete=[1])
+    began = time.perf_counter()
+    train(hierarchical(likelihood, subjects, trials), num_simulations=num_simulations,
+          proposal=ddm.prior(), seed=seed, progress=False)  # fmt: skip
+    train_s = time.perf_counter() - began
+    log(f"trained MNLE(discrete=[1]) on {num_simulations} simulations in {train_s:.0f} s",
+        flush=True)  # fmt: skip
+
+    began = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=2) as pool:
+        jobs = {
+            name: [pool.submit(_chain, fn, subjects, trials, x, seed + 1 + c, warmup, samples,
+                               max_tree_depth)
+                   for c in range(chains)]
+            for name, fn in (("MNLE", likelihood), ("exact", None))
+        }  # fmt: skip
+        runs = {name: [job.result() for job in chain] for name, chain in jobs.items()}
+    wall = time.perf_counter() - began
+    rows, group = [], {}
+    for name, chain_runs in runs.items():
+        draws = torch.stack([torch.cat([r[0]["mu"], r[0]["sigma"]], -1) for r in chain_runs])
+        group[name] = draws.reshape(-1, 8)
+        seconds = sum(r[2] for r in chain_runs)
+        ess = float(effective_sample_size(draws, chain_dim=0, sample_dim=1).min())
+        r_hat = float(split_gelman_rubin(draws, chain_dim=0, sample_dim=1).max())
+        rows.append({"likelihood": name, "seconds": seconds, "wall": wall, "min_ess": ess,
+                     "ess_per_s": ess / seconds, "divergent": sum(r[1] for r in chain_runs),
+                     "r_hat": r_hat})  # fmt: skip
+    rows[0]["c2st"] = float(c2st(group["exact"], group["MNLE"], seed=seed))
+    rows[0]["train_s"] = train_s
+    for row in rows:
+        score = f"{row['c2st']:.3f}" if "c2st" in row else "—"
+        log(f"| {subjects} × {trials} | {row['likelihood']} | {row['seconds']:.0f} | "
+            f"{row['min_ess']:.0f} | {row['ess_per_s']:.2f} | {row['divergent']} | "
+            f"{row['r_hat']:.3f} | {score} |", flush=True)  # fmt: skip
+    return rows
 
 
 def gradient_seconds(model, x: torch.Tensor, truth: torch.Tensor, repeats: int) -> float:
@@ -213,10 +328,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", choices=("linear", "ddm"), default=["linear", "ddm"])
     parser.add_argument("--trials", nargs="+", type=int, default=[1, 10, 100, 1000])
     parser.add_argument("--budgets", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--end-to-end", nargs=2, type=int, metavar=("SUBJECTS", "TRIALS"),
+                        help="NUTS on a hierarchical DDM, learned and exact")  # fmt: skip
+    parser.add_argument("--simulations", type=int, default=100_000)
+    parser.add_argument("--chains", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
     torch.set_num_threads(1)
+    if args.end_to_end:
+        print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, chains on 2 processes "
+              f"of 1 torch thread, Python {platform.python_version()}; NUTS {args.chains} × "
+              f"({args.warmup} + {args.samples})\n")  # fmt: skip
+        print("| subjects × trials | likelihood | chain s | min ESS (group) | ESS/s "
+              "| divergent | max R-hat | C2ST (group) |")  # fmt: skip
+        print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        end_to_end(*args.end_to_end, num_simulations=args.simulations, chains=args.chains,
+                   warmup=args.warmup, samples=args.samples, seed=args.seed)  # fmt: skip
+        return
     if args.accuracy:
         print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, 1 torch thread, "
               f"Python {platform.python_version()}\n")  # fmt: skip
