@@ -216,6 +216,20 @@ def test_trials_accuracy_rows(monkeypatch):
     assert printed[0].startswith("| linear | nle | 300 | 1 |")
 
 
+@pytest.mark.slow
+def test_trials_accuracy_rows_beside_sbi(monkeypatch):
+    """sbi's rows on the same simulations (about 4 minutes: sbi's MCMC, ours, training)."""
+    pytest.importorskip("sbi")
+    from pyro_sbi.benchmark import trials
+
+    monkeypatch.setattr(trials, "NUM_POSTERIOR", 500)
+    rows = trials.accuracy(("linear",), trials=(1, 5), budgets=(300,), compare="sbi",
+                           log=lambda *a, **k: None)  # fmt: skip
+    sbi_rows = [row for row in rows if row["method"] == "sbi-nle"]
+    assert [row["trials"] for row in sbi_rows] == [1, 5]
+    assert all(0.5 <= row["c2st"] <= 1.0 and row["train_s"] > 0 for row in sbi_rows)
+
+
 def test_trials_end_to_end_rows():
     """The plumbing of the end-to-end run (short chains, a briefly trained MNLE)."""
     from pyro_sbi.benchmark import trials

@@ -14,6 +14,9 @@ learned log-density add up over the trials while the posterior narrows like
   drawn by the same sampler on the Navarro–Fuss density; `MNLE(discrete=[1])` and
   `NRE()`.
 
+With `--compare sbi`, sbi's NLE (linear) or MNLE (ddm) with its defaults is trained on
+the same simulations and sampled by its own default MCMC given the same trials.
+
 Every estimator is built and trained with the library's defaults (`Estimator().fit`),
 and every posterior is drawn by :class:`~pyro_sbi.SliceMCMC` with its defaults, the
 exact and the learned one alike, so a difference is the surrogate's.
@@ -54,6 +57,7 @@ import os
 import platform
 import statistics
 import time
+import types
 from concurrent.futures import ProcessPoolExecutor
 
 import pyro
@@ -266,7 +270,7 @@ def _sample(model, x: torch.Tensor, seed: int) -> torch.Tensor:
 
 def accuracy(
     tasks=("linear", "ddm"), trials=(1, 10, 100, 1000), budgets=(10_000, 100_000), seed=0,
-    log=print,
+    log=print, compare: str | None = None,
 ) -> list[dict]:  # fmt: skip
     """The accuracy table: one row per task, estimator, budget and number of trials.
 
@@ -276,6 +280,9 @@ def accuracy(
         budgets: numbers of training simulations.
         seed: roots the simulation, training and sampling seeds.
         log: prints each row as it comes.
+        compare: `"sbi"` adds rows for sbi's NLE (linear) or MNLE (ddm) with its
+            defaults, trained on the same simulations and sampled by its own default
+            MCMC given all `n` trials (methods `"sbi-nle"`, `"sbi-mnle"`).
 
     Returns:
         Rows with the C2ST of the learned posterior against the exact one and the seconds
@@ -317,6 +324,22 @@ def accuracy(
                     rows.append(row)
                     log(f"| {task} | {method} | {budget} | {n} | {row['c2st']:.3f} | "
                         f"{train_s:.0f} |", flush=True)  # fmt: skip
+            if compare == "sbi":
+                from pyro_sbi.benchmark.compare import _Sbi
+
+                method = "nle" if task == "linear" else "mnle"
+                baseline = _Sbi(types.SimpleNamespace(prior=lambda p=prior: p), method, seed)
+                start = time.perf_counter()
+                baseline.train(theta, data)
+                train_s = time.perf_counter() - start
+                for n in trials:
+                    learned = baseline.sample(observed[:n], seed + n, NUM_POSTERIOR)
+                    row = {"task": task, "method": f"sbi-{method}", "budget": budget,
+                           "trials": n, "c2st": float(c2st(exact[n], learned, seed=n)),
+                           "train_s": train_s}  # fmt: skip
+                    rows.append(row)
+                    log(f"| {task} | sbi-{method} | {budget} | {n} | {row['c2st']:.3f} | "
+                        f"{train_s:.0f} |", flush=True)  # fmt: skip
     return rows
 
 
@@ -334,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--compare", choices=("sbi",), help="add sbi's NLE / MNLE rows")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
@@ -353,7 +377,7 @@ def main(argv: list[str] | None = None) -> None:
               f"Python {platform.python_version()}\n")  # fmt: skip
         print("| task | estimator | simulations | trials | C2ST vs exact | train s |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
-        accuracy(args.tasks, args.trials, args.budgets, args.seed)
+        accuracy(args.tasks, args.trials, args.budgets, args.seed, compare=args.compare)
         return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
