@@ -121,7 +121,8 @@ def _chain(
     # every subject starts at tau = 0.3 s, below its fastest trial (the exact density is
     # zero wherever tau exceeds a reaction time), the rest in the middle of the box
     middle = torch.logit((torch.tensor([0.0, 1.25, 0.5, 0.3]) - LOW) / (HIGH - LOW))
-    start = {"mu": middle, "sigma": 0.1 * torch.ones(4),
+    # `u` too: the initial values are read at the site before its reparameterisation
+    start = {"mu": middle, "sigma": 0.1 * torch.ones(4), "u": middle.expand(subjects, 4),
              "u_decentered": torch.zeros(subjects, 4)}  # fmt: skip
     model = non_centred(hierarchical(likelihood, subjects, trials))
     kernel = NUTS(model, init_strategy=init_to_value(values=start), max_tree_depth=depth)
