@@ -10,7 +10,7 @@ from pyro.infer.autoguide import init_to_sample
 from scipy import integrate, stats
 
 from pyro_sbi import NLE, SimulatorDistribution
-from pyro_sbi.tasks import ddm
+from pyro_sbi.tasks import ddm, drift_diffusion
 from pyro_sbi.tasks.ddm import (
     HIGH,
     LOW,
@@ -117,8 +117,8 @@ def test_density_matches_a_high_precision_reference():
 def test_small_and_large_time_series_agree_where_both_converge():
     u = torch.logspace(-1.5, 0, 50, dtype=torch.float64)
     w = torch.linspace(0.05, 0.95, 50, dtype=torch.float64)
-    small = ddm._log_small_time(u, w, 20)
-    large = ddm._log_large_time(u, w, 20)
+    small = drift_diffusion._log_small_time(u, w, 20)
+    large = drift_diffusion._log_large_time(u, w, 20)
     assert torch.allclose(small, large, rtol=0, atol=1e-12)
 
 

@@ -2,6 +2,9 @@ r"""Standard simulation-based inference tasks, one module per task.
 
 Each task gives a simulator, a prior and, where it exists, the exact likelihood as a Pyro
 distribution, so that reference posteriors can be computed without a learned surrogate.
+A task module holds only these parts and its reference method, and makes one
+:class:`Task` of them (`TASK`), which gives the module's `model`, `observation`,
+`true_parameters` and `reference_posterior`.
 The benchmark tasks of sbibm (Lueckmann et al. 2021) also give the ten sbibm
 observations (`observation(i)`, `true_parameters(i)`) and `reference_posterior(i, n)`,
 computed independently of any learned estimator and cached in `~/.cache/pyro_sbi` (or
@@ -12,7 +15,8 @@ computed independently of any learned estimator and cached in `~/.cache/pyro_sbi
 - :mod:`~pyro_sbi.tasks.gaussian_mixture`: narrow and broad components, exact;
 - :mod:`~pyro_sbi.tasks.slcp`: four symmetric modes, NUTS on the exact likelihood in one
   mode and the symmetry for the others;
-- :mod:`~pyro_sbi.tasks.ddm`: the drift-diffusion model, 100 i.i.d. trials of a reaction
+- :mod:`~pyro_sbi.tasks.ddm`: the drift-diffusion model (its exact density and simulator
+  in :mod:`~pyro_sbi.tasks.drift_diffusion`), 100 i.i.d. trials of a reaction
   time and a choice per observation (for MNLE), many-chain slice sampling on the exact
   first-passage-time density. Its ten observations are ours, made from fixed seeds
   (sbibm has no such task).
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 __all__ = [
     "BROAD",
+    "Task",
     "DriftDiffusion",
     "bernoulli_glm",
     "beta_proportions",
@@ -56,6 +61,7 @@ __all__ = [
     "sir",
     "student_t",
     "ddm",
+    "drift_diffusion",
     "gaussian_linear",
     "gaussian_mixture",
     "ddm_log_prob",
@@ -70,6 +76,7 @@ from pyro_sbi.tasks import (
     beta_proportions,
     damped_oscillator,
     ddm,
+    drift_diffusion,
     gamma_times,
     gaussian_linear,
     gaussian_linear_correlated,
@@ -83,7 +90,13 @@ from pyro_sbi.tasks import (
     student_t,
     two_moons,
 )
-from pyro_sbi.tasks.ddm import DriftDiffusion, ddm_log_prob, ddm_upper_prob, simulate_ddm
+from pyro_sbi.tasks._common import Task
+from pyro_sbi.tasks.drift_diffusion import (
+    DriftDiffusion,
+    ddm_log_prob,
+    ddm_upper_prob,
+    simulate_ddm,
+)
 
 BROAD = (
     "poisson_glm",

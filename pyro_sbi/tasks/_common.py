@@ -1,7 +1,10 @@
-"""Shared pieces of the benchmark tasks: the observations and a disk cache.
+"""What every benchmark task shares: the :class:`Task` type, the observations, a disk cache.
 
-The sbibm tasks read their observations from `observations.json`; the tasks of the broad
-suite make theirs from seeds (:func:`seeded_observation`).
+A task file holds only what is its own (the prior, the simulator, the exact likelihood
+and the reference method) and makes one :class:`Task` of them, which gives the model,
+the observations and the cached reference posteriors. The sbibm tasks read their
+observations from `observations.json`; the tasks of the broad suite make theirs from
+seeds (:func:`seeded_observation`).
 """
 
 from __future__ import annotations
@@ -54,6 +57,17 @@ def seeded_observation(
     return x, theta
 
 
+def seeded_draws(distribution, num_samples: int, seed: int) -> Tensor:
+    """`(num_samples, *event)` draws of `distribution` with torch's seed `seed`.
+
+    The draws are in the default dtype; torch's global generator is restored afterwards.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        draws = distribution.sample((num_samples,))
+    return draws.to(torch.get_default_dtype())
+
+
 def cache_folder() -> Path:
     """`$PYRO_SBI_CACHE`, or `~/.cache/pyro_sbi`."""
     return Path(os.environ.get("PYRO_SBI_CACHE", Path.home() / ".cache" / "pyro_sbi"))
@@ -80,3 +94,85 @@ def simulator_model(prior, simulator: Callable, estimator, x: Tensor | None) -> 
 
     theta = pyro.sample("theta", prior)
     return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)
+
+
+class Task:
+    r"""A benchmark task made of its own parts; the model, observations and references follow.
+
+    Arguments:
+        name: the task's name: its cache folder and, for stored observations, its key in
+            `observations.json`.
+        prior: `prior() -> Distribution` of event shape `(D,)`.
+        simulator: `theta (n, D) -> x (n, *X)`.
+        sample_posterior: `sample_posterior(x, num_samples, seed=...) -> (num_samples, D)`
+            posterior draws given `x (*X)`, computed without a learned estimator (closed
+            form, exact likelihood, rejection).
+        stored: the observations are the stored ones of `observations.json` (the sbibm
+            tasks); otherwise observation `i` is made from seeds (:func:`seeded_observation`).
+        model: `model(estimator, x=None)` when the task's Pyro model is not one draw of
+            `theta` from the prior and one simulator site `x`.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> prior = lambda: dist.Normal(torch.zeros(1), 1.0).to_event(1)
+        >>> simulator = lambda theta: theta + torch.randn_like(theta)
+        >>> def sample_posterior(x, num_samples, seed=0):
+        ...     z = torch.randn(num_samples, 1, generator=torch.Generator().manual_seed(seed))
+        ...     return x / 2 + z / 2**0.5
+        >>> task = Task("toy", prior, simulator, sample_posterior)
+        >>> task.observation(1).shape, task.true_parameters(1).shape
+        (torch.Size([1]), torch.Size([1]))
+    """
+
+    def __init__(
+        self,
+        name: str,
+        prior: Callable,
+        simulator: Callable[[Tensor], Tensor],
+        sample_posterior: Callable[..., Tensor],
+        *,
+        stored: bool = False,
+        model: Callable | None = None,
+    ):
+        self.name, self.prior, self.simulator = name, prior, simulator
+        self.sample_posterior, self.stored, self._model = sample_posterior, stored, model
+        self._seeded: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r})"
+
+    def model(self, estimator, x: Tensor | None = None) -> Tensor:
+        """The task as a Pyro model: `theta (D,)` from the prior, then the site `"x"`.
+
+        Site `"x"` is a simulator site with `estimator`, observed when `x` is given.
+        """
+        if self._model is not None:
+            return self._model(estimator, x)
+        return simulator_model(self.prior(), self.simulator, estimator, x)
+
+    def _pair(self, i: int) -> tuple[Tensor, Tensor]:
+        if self.stored:
+            return observations(self.name, i)
+        if i not in self._seeded:
+            self._seeded[i] = seeded_observation(self.name, self.prior(), self.simulator, i)
+        return self._seeded[i]
+
+    def observation(self, i: int) -> Tensor:
+        """Observation `i` (1 to 10), shape `X` (see the task's module docs)."""
+        return self._pair(i)[0].clone()
+
+    def true_parameters(self, i: int) -> Tensor:
+        """The parameters that generated observation `i`, shape `(D,)`."""
+        return self._pair(i)[1].clone()
+
+    def reference_posterior(self, i: int, num_samples: int = 10_000) -> Tensor:
+        """`(num_samples, D)` reference posterior draws for observation `i`, cached.
+
+        Drawn once with seed `i` and kept in the cache folder (:func:`cache_folder`).
+        """
+
+        def compute() -> Tensor:
+            draws = self.sample_posterior(self.observation(i), num_samples, seed=i)
+            return draws.to(torch.get_default_dtype())
+
+        return cached_reference(self.name, i, num_samples, compute)

@@ -47,6 +47,7 @@ References:
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "DIM",
     "NAME",
     "X_DIM",
@@ -69,7 +70,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, seeded_observation, simulator_model
+from pyro_sbi.tasks._common import Task
 from pyro_sbi.tasks._reference import laplace_proposal, rejection_posterior
 
 NAME, DIM, X_DIM, KIND = "bernoulli_glm", 10, 10, "binary responses"
@@ -134,26 +135,6 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return (theta * x).sum(-1) - torch.nn.functional.softplus(linear).sum(-1)
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (10,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
-
-
-@functools.cache
-def _observation(i: int) -> tuple[Tensor, Tensor]:
-    return seeded_observation(NAME, prior(), simulator, i)
-
-
-def observation(i: int) -> Tensor:
-    """Observation `i` (1 to 10), shape `(10,)` (see the module docs)."""
-    return _observation(i)[0].clone()
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(10,)`."""
-    return _observation(i)[1].clone()
-
-
 def log_posterior(x: Tensor, theta: Tensor) -> Tensor:
     """The unnormalised log posterior in float64, `theta (*, 10)`."""
     precision = _prior_precision()
@@ -172,8 +153,6 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return rejection_posterior(log_density, proposal, num_samples, seed=seed)
 
 
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 10)` reference posterior draws for observation `i`, cached on disk."""
-    return cached_reference(
-        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
-    )
+TASK = Task(NAME, prior, simulator, sample_posterior)
+model, observation = TASK.model, TASK.observation
+true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior

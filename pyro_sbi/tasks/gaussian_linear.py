@@ -9,6 +9,7 @@ observations :math:`x_1, \dots, x_m` the posterior is Gaussian with precision
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "DIM",
     "NAME",
     "model",
@@ -16,6 +17,7 @@ __all__ = [
     "posterior",
     "prior",
     "reference_posterior",
+    "sample_posterior",
     "simulator",
     "true_parameters",
 ]
@@ -27,7 +29,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, observations
+from pyro_sbi.tasks._common import Task, seeded_draws
 
 NAME, DIM, VARIANCE = "gaussian_linear", 10, 0.1
 
@@ -66,23 +68,11 @@ def model(estimator, x: Tensor | None = None, trials: int | None = None) -> Tens
         return pyro.sample("x", site, obs=x)
 
 
-def observation(i: int) -> Tensor:
-    """The sbibm observation `i` (1 to 10), shape `(10,)`."""
-    return observations(NAME, i)[0]
+def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
+    """`(num_samples, 10)` draws of the closed-form posterior given `x (10,)`."""
+    return seeded_draws(posterior(x), num_samples, seed)
 
 
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(10,)`."""
-    return observations(NAME, i)[1]
-
-
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 10)` draws of the closed-form posterior of observation `i` (cached)."""
-    generator_seed = 1000 + i
-
-    def compute() -> Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(generator_seed)
-            return posterior(observation(i)).sample((num_samples,))
-
-    return cached_reference(NAME, i, num_samples, compute)
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True, model=model)
+observation, true_parameters = TASK.observation, TASK.true_parameters
+reference_posterior = TASK.reference_posterior

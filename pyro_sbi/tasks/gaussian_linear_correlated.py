@@ -29,6 +29,7 @@ References:
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "DIM",
     "NAME",
     "X_DIM",
@@ -40,17 +41,17 @@ __all__ = [
     "posterior",
     "prior",
     "reference_posterior",
+    "sample_posterior",
     "simulator",
     "true_parameters",
 ]
 
-import functools
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, seeded_observation, simulator_model
+from pyro_sbi.tasks._common import Task, seeded_draws
 
 NAME, DIM, X_DIM, KIND = "gaussian_linear_correlated", 5, 25, "20+ dimensional output"
 WIDTH, NOISE, RHO = 0.15, 0.3, 0.8
@@ -106,33 +107,11 @@ def posterior(x: Tensor) -> dist.MultivariateNormal:
     return dist.MultivariateNormal(mean, covariance_matrix=0.5 * (covariance + covariance.T))
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (25,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
+def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
+    """`(num_samples, 5)` draws of the closed-form posterior given `x (25,)`."""
+    return seeded_draws(posterior(x), num_samples, seed)
 
 
-@functools.cache
-def _observation(i: int) -> tuple[Tensor, Tensor]:
-    return seeded_observation(NAME, prior(), simulator, i)
-
-
-def observation(i: int) -> Tensor:
-    """Observation `i` (1 to 10), shape `(25,)` (see the module docs)."""
-    return _observation(i)[0].clone()
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(5,)`."""
-    return _observation(i)[1].clone()
-
-
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 5)` draws of the closed-form posterior of observation `i` (cached)."""
-
-    def compute() -> Tensor:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1000 + i)
-            draws = posterior(observation(i)).sample((num_samples,))
-        return draws.to(torch.get_default_dtype())
-
-    return cached_reference(NAME, i, num_samples, compute)
+TASK = Task(NAME, prior, simulator, sample_posterior)
+observation, true_parameters = TASK.observation, TASK.true_parameters
+model, reference_posterior = TASK.model, TASK.reference_posterior

@@ -19,6 +19,7 @@ component, draw :math:`\theta` from it, keep it when it lies in the box.
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "NAME",
     "log_likelihood",
     "model",
@@ -36,7 +37,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, observations, simulator_model
+from pyro_sbi.tasks._common import Task
 
 NAME, BOUND, SCALES = "gaussian_mixture", 10.0, (1.0, 0.1)
 
@@ -64,21 +65,6 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return torch.logsumexp(torch.stack(parts), 0)
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (2,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
-
-
-def observation(i: int) -> Tensor:
-    """The sbibm observation `i` (1 to 10), shape `(2,)`."""
-    return observations(NAME, i)[0]
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(2,)`."""
-    return observations(NAME, i)[1]
-
-
 def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """`(num_samples, 2)` exact posterior draws for any `x (2,)`."""
     generator = torch.Generator().manual_seed(seed)
@@ -94,8 +80,6 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return torch.cat(kept)[:num_samples]
 
 
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 2)` exact posterior draws for observation `i`, cached on disk."""
-    return cached_reference(
-        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
-    )
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
+model, observation = TASK.model, TASK.observation
+true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior

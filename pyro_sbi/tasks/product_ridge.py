@@ -30,6 +30,7 @@ References:
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "DIM",
     "NAME",
     "X_DIM",
@@ -43,13 +44,12 @@ __all__ = [
     "true_parameters",
 ]
 
-import functools
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, seeded_observation, simulator_model
+from pyro_sbi.tasks._common import Task
 from pyro_sbi.tasks._reference import grid_posterior
 
 NAME, DIM, X_DIM, KIND = "product_ridge", 2, 2, "strongly correlated parameters"
@@ -85,26 +85,6 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return dist.Normal(_mean(theta), noise).log_prob(x).sum(-1)
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (2,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
-
-
-@functools.cache
-def _observation(i: int) -> tuple[Tensor, Tensor]:
-    return seeded_observation(NAME, prior(), simulator, i)
-
-
-def observation(i: int) -> Tensor:
-    """Observation `i` (1 to 10), shape `(2,)` (see the module docs)."""
-    return _observation(i)[0].clone()
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(2,)`."""
-    return _observation(i)[1].clone()
-
-
 def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """`(num_samples, 2)` posterior draws for any `x (2,)`, on a grid."""
     x = x.to(torch.float64)
@@ -112,8 +92,6 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
                           seed=seed, cells=400)  # fmt: skip
 
 
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 2)` reference posterior draws for observation `i`, cached on disk."""
-    return cached_reference(
-        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
-    )
+TASK = Task(NAME, prior, simulator, sample_posterior)
+model, observation = TASK.model, TASK.observation
+true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior

@@ -25,6 +25,7 @@ exactly equal, instead of leaving them to chains that rarely cross between modes
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "NAME",
     "log_likelihood",
     "model",
@@ -41,7 +42,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, observations, simulator_model
+from pyro_sbi.tasks._common import Task
 
 NAME, BOUND, POINTS = "slcp", 3.0, 4
 
@@ -78,21 +79,6 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return _gaussian(theta.expand(batch + theta.shape[-1:])).log_prob(points).sum(0)
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (8,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
-
-
-def observation(i: int) -> Tensor:
-    """The sbibm observation `i` (1 to 10), shape `(8,)`."""
-    return observations(NAME, i)[0]
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(5,)`."""
-    return observations(NAME, i)[1]
-
-
 def sample_posterior(
     x: Tensor, num_samples: int, *, chains: int = 4, warmup_steps: int = 500, seed: int = 0
 ) -> Tensor:
@@ -127,8 +113,6 @@ def sample_posterior(
     return theta
 
 
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 5)` reference posterior draws for observation `i`, cached on disk."""
-    return cached_reference(
-        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
-    )
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
+model, observation = TASK.model, TASK.observation
+true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior

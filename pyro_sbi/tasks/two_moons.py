@@ -30,6 +30,7 @@ proportions.
 from __future__ import annotations
 
 __all__ = [
+    "TASK",
     "NAME",
     "log_likelihood",
     "model",
@@ -46,7 +47,7 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import cached_reference, observations, simulator_model
+from pyro_sbi.tasks._common import Task
 
 NAME = "two_moons"
 _RADIUS, _RADIUS_SD, _OFFSET = 0.1, 0.01, 0.25
@@ -87,28 +88,6 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return torch.where(u[..., 0] > 0, log_p, torch.full_like(log_p, -math.inf))
 
 
-def model(estimator, x: Tensor | None = None) -> Tensor:
-    """The task as a Pyro model: `theta` from the prior, `x (2,)` from the simulator site."""
-    return simulator_model(prior(), simulator, estimator, x)
-
-
-def observation(i: int) -> Tensor:
-    """The sbibm observation `i` (1 to 10), shape `(2,)`."""
-    return observations(NAME, i)[0]
-
-
-def true_parameters(i: int) -> Tensor:
-    """The parameters that generated observation `i`, shape `(2,)`."""
-    return observations(NAME, i)[1]
-
-
-def reference_posterior(i: int, num_samples: int = 10_000) -> Tensor:
-    """`(num_samples, 2)` exact posterior draws for observation `i`, cached on disk."""
-    return cached_reference(
-        NAME, i, num_samples, lambda: sample_posterior(observation(i), num_samples, seed=i)
-    )
-
-
 def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     """`(num_samples, 2)` exact posterior draws for any `x (2,)`, by inversion."""
     generator = torch.Generator().manual_seed(seed)
@@ -132,3 +111,8 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
         if not valid.any():
             raise ValueError(f"two_moons: no parameter explains the observation {x.tolist()}")
     return torch.cat(kept)[:num_samples]
+
+
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
+model, observation = TASK.model, TASK.observation
+true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
