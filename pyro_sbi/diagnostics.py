@@ -50,6 +50,8 @@ from pyro.infer import MCMC, NUTS
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from pyro_sbi import threads
+
 
 def c2st(
     a: Tensor,
@@ -513,8 +515,17 @@ def _unconditioned_trace(model, args, kwargs):
     return _traced(poutine.uncondition(model), args, kwargs)
 
 
-def _sbc_one(model, args, kwargs, seed, *, observed, inference, num_draws, warmup_steps, thin):
-    """Ranks `{site: (P_site,)}` and the HPD share for one simulated data set."""
+def _sbc_one(model, args, kwargs, seed, **options):
+    """Ranks `{site: (P_site,)}` and the HPD share for one simulated data set.
+
+    In a forked worker it runs with one torch thread (:func:`pyro_sbi.threads.fork_safe`).
+    """
+    with threads.fork_safe():
+        return _sbc_data_set(model, args, kwargs, seed, **options)
+
+
+def _sbc_data_set(model, args, kwargs, seed, *, observed, inference, num_draws, warmup_steps,
+                  thin):  # fmt: skip
     from pyro_sbi.inference_data import _max_plate_nesting, _Runner, _sample_sites
 
     pyro.set_rng_seed(seed)

@@ -91,6 +91,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from pyro_sbi import threads
+
 OK, NONFINITE, ERROR, TIMEOUT = 0, 1, 2, 3
 FAILURE_KINDS = {NONFINITE: "nonfinite", ERROR: "error", TIMEOUT: "timeout"}
 _MESSAGE_LIMIT = 4000
@@ -574,7 +576,14 @@ def _run_batch(
 
     Runs wherever the executor puts it, so it takes and returns numpy arrays only. The
     last element gives the seeds used when a failed batched call was rerun row by row.
+    In a forked worker it runs with one torch thread (:func:`pyro_sbi.threads.fork_safe`).
     """
+    with threads.fork_safe():
+        return _simulate_batch(simulator, theta, seeds, timeout, batched=batched,
+                               numpy=numpy, pass_seed=pass_seed, dtype=dtype)  # fmt: skip
+
+
+def _simulate_batch(simulator, theta, seeds, timeout, *, batched, numpy, pass_seed, dtype):
     dtype = np.dtype(dtype)
     retried = None
     b = len(theta)

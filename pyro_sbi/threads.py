@@ -21,11 +21,18 @@ model on all its chains at once, batches large enough for threads to pay (measur
 `SliceMCMC(..., num_threads=k)` set the count for one call. Pyro's own `MCMC` and `SVI`
 loops run under the caller's settings: call `torch.set_num_threads(1)` before them (see
 the how-to page).
+
+Work the library sends to a worker process (simulations, :func:`~pyro_sbi.diagnostics.sbc`
+data sets) runs with one torch thread when the worker was **forked** from the process
+that imported `pyro_sbi` (:func:`fork_safe`): torch's OpenMP thread pool does not survive
+a fork, and a forked child's first multi-threaded operation would wait forever for
+threads it does not have. Workers are the parallelism there, so one thread each is also
+what keeps them from competing for the cores.
 """
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_NUM_THREADS", "chosen_num_threads", "num_threads"]
+__all__ = ["DEFAULT_NUM_THREADS", "chosen_num_threads", "fork_safe", "num_threads"]
 
 import contextlib
 import os
@@ -37,6 +44,7 @@ DEFAULT_NUM_THREADS = 1
 """Torch threads in the library's loops when the user chose no count."""
 
 _AT_IMPORT = torch.get_num_threads()
+_PID_AT_IMPORT = os.getpid()  # another pid with this module loaded: a forked child
 _ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -96,3 +104,26 @@ def num_threads(count: int | None = None) -> Iterator[int]:
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def fork_safe() -> Iterator[None]:
+    """Runs the block with one torch thread in a process forked after `pyro_sbi` loaded.
+
+    A process forked from one whose torch already ran OpenMP threads inherits the
+    thread pool's bookkeeping but not its threads, and its first multi-threaded
+    operation (a large `log`, a matrix product) then waits forever. One thread never
+    enters the pool. In the process that imported `pyro_sbi`, or in a process started
+    afresh (spawn, a Dask worker), the block runs under the count it finds.
+
+    Example:
+        >>> before = torch.get_num_threads()
+        >>> with fork_safe():  # not forked: nothing changes
+        ...     torch.get_num_threads() == before
+        True
+    """
+    if os.getpid() == _PID_AT_IMPORT:
+        yield
+        return
+    with num_threads(1):
+        yield

@@ -1,5 +1,8 @@
 """Torch threads inside the library's loops: one by default, the user's count when chosen."""
 
+import subprocess
+import sys
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -98,3 +101,47 @@ def test_slice_mcmc_keeps_the_callers_count_unless_given_one(monkeypatch):
     SliceMCMC(model, num_samples=2, warmup_steps=2, num_chains=4, num_candidates=20,
               num_threads=1, progress=False).run(torch.tensor(0.0))  # fmt: skip
     assert seen == {1} and torch.get_num_threads() == 2
+
+
+FORKED_WORKERS = """
+import multiprocessing, sys
+from concurrent.futures import ProcessPoolExecutor
+
+import pyro, pyro.distributions as dist, torch
+from pyro_sbi import simulate
+from pyro_sbi.diagnostics import sbc
+
+torch.set_num_threads(2)
+
+def simulator(theta):  # a large elementwise log: torch hands it to OpenMP threads
+    return theta + torch.rand(len(theta), 200_000).log().mean(-1, keepdim=True)
+
+def model(x=None):
+    theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+    return pyro.sample("x", dist.Normal(theta, 1.0), obs=x)
+
+def inference(conditioned, args, kwargs):
+    torch.rand(2_000_000).log()
+    return {"theta": torch.randn(10)}
+
+torch.rand(2_000_000).log()  # the parent's OpenMP threads exist before the fork
+with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+    result = simulate(simulator, torch.zeros(8, 1), executor=pool, batch_size=4,
+                      progress=False)
+    ranks = sbc(model, num_datasets=4, num_draws=10, observed=["x"], inference=inference,
+                executor=pool, seed=0, progress=False).ranks
+print("done", tuple(result.x.shape), ranks.shape, torch.get_num_threads())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method on Linux")
+def test_forked_workers_do_not_hang_on_the_parents_openmp_threads():
+    """Simulations and SBC data sets on a forked pool after the parent used threads."""
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", FORKED_WORKERS], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("forked workers hung in torch's OpenMP thread pool")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["done", "(8,", "1)", "(4,", "1)", "2"], run.stdout
