@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Ensemble",
+    "Estimator",
     "History",
     "MNLE",
     "NLE",
@@ -26,6 +27,8 @@ __all__ = [
     "c2st",
     "fit",
     "init_to_sir",
+    "ppc",
+    "sbc",
     "simulate",
     "to_inference_data",
     "train",
@@ -38,7 +41,7 @@ from torch.distributions import Distribution as _Distribution
 _validate_args = _Distribution._validate_args
 _arg_constraints = _Distribution.__dict__["arg_constraints"]
 
-from pyro_sbi.diagnostics import c2st  # noqa: E402
+from pyro_sbi.diagnostics import c2st, ppc, sbc  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
@@ -46,7 +49,7 @@ from pyro_sbi.infer import SliceMCMC, init_to_sir  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
-from pyro_sbi.nn import UntrainedEstimatorError  # noqa: E402
+from pyro_sbi.nn import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
 from pyro_sbi.simulation import SimulationError, Simulations, simulate  # noqa: E402
 from pyro_sbi.training import SiteReport, train  # noqa: E402

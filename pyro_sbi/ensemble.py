@@ -56,11 +56,7 @@ class Ensemble(Estimator):
     :class:`~pyro_sbi.SimulatorDistribution` and by :func:`~pyro_sbi.train`, saved and
     loaded in one file. Training and evaluation cost `size` times those of one member.
 
-    Measured on the linear-Gaussian task of :class:`~pyro_sbi.NRE` (10 trials, 10,000
-    simulations, 4 simulation seeds, exact grid posteriors), five members cut the
-    worst-dimension error of the posterior mean from 0.27 posterior sds on average (at
-    most 0.47) to 0.16 (at most 0.28) for NRE-A, and from 0.19 (0.34) to 0.16 (0.27) for
-    NRE-C: the part of the error that comes from the simulations themselves remains.
+    What averaging members gains is measured on the benchmarks page ("Ensembles").
 
     Arguments:
         build: makes one untrained member, e.g. `lambda: NRE("A")`.

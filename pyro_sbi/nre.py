@@ -120,18 +120,10 @@ class NRE(Estimator):
     Its :meth:`log_prob` is :math:`\log p(x \mid \theta) - \log \tilde p(x)`: valid for
     NUTS, HMC and SVI on observed simulator sites only (see the module documentation).
 
-    Measured on a linear-Gaussian task (2 parameters, 10 i.i.d. trials, 10,000
-    simulations; the posterior of the learned ratio computed exactly on a grid; 3
-    training seeds x 3 observations), the worst-dimension error of the posterior mean
-    was on average 0.09 posterior sds for each variant (at most 0.20 for NRE-A, 0.17 for
-    NRE-B, 0.14 for NRE-C), with posterior sds within 15 %. Without the moving average
-    of the weights (:attr:`fit_defaults`, see :func:`pyro_sbi.fitting.fit`) it was 0.23 (at
-    most 0.51), 0.16 (0.23) and 0.14 (0.21): the error changes sign and size from one
-    training seed to the next, the scatter of the last weights around the optimum, which
-    30,000 simulations did not shrink. NRE-A with one marginal pair per joint pair
-    instead of `num_atoms` was at 0.12 (at most 0.25). NRE-B is the default: as
-    accurate as NRE-C here at about half its training time. NLE is markedly more
-    accurate on the same task.
+    NRE-B is the default: as accurate as NRE-C at about half its training time, and
+    with a moving average of the weights (:attr:`fit_defaults`, see
+    :func:`pyro_sbi.fitting.fit`); the measurements behind both choices are on the
+    benchmarks page, "NRE variants and weight averaging".
 
     Arguments:
         variant: the objective: `"A"` (binary, Hermans et al.), `"B"` (contrastive over

@@ -10,7 +10,7 @@ from pyro.infer.autoguide import init_to_sample
 from scipy import integrate, stats
 
 from pyro_sbi import NLE, SimulatorDistribution
-from pyro_sbi.tasks import ddm, drift_diffusion
+from pyro_sbi.tasks import drift_diffusion
 from pyro_sbi.tasks.ddm import (
     HIGH,
     LOW,

@@ -4,10 +4,18 @@ import sys
 import pyro_sbi
 
 
-def test_public_api_is_exported():
-    for name in pyro_sbi.__all__:
-        assert hasattr(pyro_sbi, name), name
-    assert pyro_sbi.__version__
+def test_public_api_is_exported_and_shadows_no_module():
+    import pkgutil
+    import types
+
+    exported = {name for name in dir(pyro_sbi) if not name.startswith("_")}
+    modules = {info.name for info in pkgutil.iter_modules(pyro_sbi.__path__)}
+    for name in set(pyro_sbi.__all__) - {"__version__"}:
+        assert getattr(pyro_sbi, name).__module__.startswith("pyro_sbi."), name
+    for name in modules & exported:  # a module of the package stays that module
+        assert isinstance(getattr(pyro_sbi, name), types.ModuleType), name
+    assert set(pyro_sbi.__all__) == exported - modules | {"__version__"}
+    assert {"Estimator", "c2st", "sbc", "ppc"} <= set(pyro_sbi.__all__)
 
 
 def _validation_after_import(before: str, statements: str) -> str:

@@ -21,10 +21,7 @@ Our estimators are the library's defaults, ``NLE()`` (a masked autoregressive fl
 flow of sbi's NLE) and ``NRE()``, and ``MNLE(discrete=[1], log_transform=True)`` (the
 reaction times on the log scale) for the drift-diffusion task, all with
 :func:`~pyro_sbi.fitting.fit`'s default settings; ``--flow nsf`` swaps in a spline flow for
-NLE. Measured on one observation, the MAF is more accurate
-on slcp (C2ST 0.78 against 0.85 at 10,000 simulations) and gaussian_linear, and 2 to 3
-times faster to train and to sample; the spline flow is more accurate on the 2-D
-two_moons (0.56 against 0.63).
+NLE (the two flows compared: benchmarks page, "Flow families").
 
 With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
 :func:`~pyro_sbi.train`): for each observation a fresh estimator is trained on the same
