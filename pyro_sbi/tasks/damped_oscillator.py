@@ -52,7 +52,6 @@ References:
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "DIM",
     "NAME",
     "X_DIM",

@@ -26,22 +26,16 @@ References:
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "HIGH",
     "LOW",
     "NAME",
-    "NAMES",
     "TRIALS",
-    "DriftDiffusion",
-    "ddm_log_prob",
-    "ddm_upper_prob",
     "log_likelihood",
     "model",
     "observation",
     "prior",
     "reference_posterior",
     "sample_posterior",
-    "simulate_ddm",
     "simulator",
     "true_parameters",
 ]

@@ -9,7 +9,6 @@ observations :math:`x_1, \dots, x_m` the posterior is Gaussian with precision
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "DIM",
     "NAME",
     "model",

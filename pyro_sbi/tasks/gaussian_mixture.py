@@ -19,7 +19,6 @@ component, draw :math:`\theta` from it, keep it when it lies in the box.
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "NAME",
     "log_likelihood",
     "model",

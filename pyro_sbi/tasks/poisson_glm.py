@@ -31,7 +31,6 @@ References:
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "DIM",
     "NAME",
     "X_DIM",

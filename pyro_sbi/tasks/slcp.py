@@ -25,7 +25,6 @@ exactly equal, instead of leaving them to chains that rarely cross between modes
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "NAME",
     "log_likelihood",
     "model",

@@ -30,7 +30,6 @@ proportions.
 from __future__ import annotations
 
 __all__ = [
-    "TASK",
     "NAME",
     "log_likelihood",
     "model",
