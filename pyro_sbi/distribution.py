@@ -186,7 +186,12 @@ class SimulatorDistribution(TorchDistribution):
 
     @classmethod
     def infer_shapes(cls, theta, **kwargs):
-        """Batch shape from `theta`'s shape; the event shape is unknown to the class."""
+        """Not available: the event shape is the estimator's, which the class cannot know.
+
+        Raises:
+            NotImplementedError: always; shapes come from an instance (`batch_shape`,
+                `event_shape`).
+        """
         raise NotImplementedError("the event shape of a SimulatorDistribution needs its estimator")
 
     def expand(self, batch_shape, _instance=None) -> SimulatorDistribution:
@@ -445,10 +450,19 @@ def refuse_latent_ratio(fn: object, site: str) -> None:
     Raises:
         ValueError: the site's log-density would be a log-ratio, not a density in `x`.
     """
+    fn = simulator_of(fn)
+    if fn is not None and not fn.estimator.normalized:
+        raise ValueError(f"site {site!r}: {_latent_ratio_message(fn)}")
+
+
+def simulator_of(fn: object) -> SimulatorDistribution | None:
+    """The :class:`SimulatorDistribution` that `fn` is or wraps, or `None`.
+
+    Wrappers such as `to_event`, `mask` and `expand` are looked through.
+    """
     while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
         fn = fn.base_dist  # Independent, masked, expanded
-    if isinstance(fn, SimulatorDistribution) and not fn.estimator.normalized:
-        raise ValueError(f"site {site!r}: {_latent_ratio_message(fn)}")
+    return fn if isinstance(fn, SimulatorDistribution) else None
 
 
 def _real_tensor(name: str, value: object) -> Tensor:

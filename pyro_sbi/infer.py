@@ -50,13 +50,10 @@ __all__ = ["SliceMCMC", "init_to_sir"]
 import contextlib
 import math
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.transforms import biject_to
 from pyro.infer.mcmc.util import diagnostics as _diagnostics
 from pyro.infer.mcmc.util import print_summary
@@ -66,8 +63,7 @@ from tqdm.auto import tqdm
 
 from pyro_sbi import threads
 from pyro_sbi.distribution import refuse_latent_ratio
-
-_CHAINS = "_pyro_sbi_chains"
+from pyro_sbi.runner import ModelRunner, model_keywords, sample_sites
 
 
 @dataclass(frozen=True)
@@ -94,18 +90,12 @@ class _Density:
 
     def __init__(self, model: Callable, args: tuple, kwargs: dict) -> None:
         self.model, self.args, self.kwargs = model, args, kwargs
-        with torch.no_grad(), poutine.block():
-            trace = poutine.trace(model).get_trace(*args, **kwargs)
-        trace = prune_subsample_sites(trace)
+        self.runner = ModelRunner(model, args, kwargs)
+        trace = prune_subsample_sites(self.runner.base)
         self.latents: list[_Latent] = []
         self.observed: list[str] = []
-        depth = 0
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample":
-                continue
+        for name, site in sample_sites(trace):
             fn, value = site["fn"], site["value"]
-            frames = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
-            depth = max([depth, len(fn.batch_shape), *frames])
             if site["is_observed"]:
                 self.observed.append(name)
                 continue
@@ -123,9 +113,8 @@ class _Density:
             )
         if not self.latents:
             raise ValueError("the model has no latent sample sites to infer")
-        self.nesting = depth
+        self.nesting = self.runner.nesting
         self.dim = sum(latent.size for latent in self.latents)
-        self.vectorize = True
 
     # unconstrained <-> constrained
     def constrain(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -158,6 +147,15 @@ class _Density:
         log_joint = self.run(values, z.shape[0])[0] + log_det
         return torch.nan_to_num(log_joint, nan=-math.inf, posinf=-math.inf)
 
+    @property
+    def vectorize(self) -> bool:
+        """Whether the model still runs vectorised over many points."""
+        return self.runner.vectorize
+
+    @vectorize.setter
+    def vectorize(self, value: bool) -> None:
+        self.runner.vectorize = value
+
     def run(self, values: dict[str, Tensor] | None, n: int) -> tuple[Tensor, Tensor, dict]:
         """Runs the model `n` times at once, conditioned on `values`.
 
@@ -165,24 +163,7 @@ class _Density:
         joint `(n,)`, the log-likelihood of the observed sites `(n,)` and the latent
         values `{name: (n, *shape)}`.
         """
-        if self.vectorize:
-            try:
-                return self._run(values, n, vectorized=True)
-            except Exception as error:  # the model cannot run under an extra plate
-                self.vectorize = False
-                warnings.warn(
-                    "the model cannot run vectorised over many points (under an extra "
-                    f"plate left of its own: {type(error).__name__}: {error}); running it "
-                    "once per point, which is much slower. Write the model so that its "
-                    "sites broadcast over extra batch dimensions on the left (no fixed "
-                    "`expand` shapes or `unsqueeze` of parameters)",
-                    stacklevel=3,
-                )
-        runs = [
-            self._run(None if values is None else {k: v[i] for k, v in values.items()}, 1,
-                      vectorized=False)
-            for i in range(n)
-        ]  # fmt: skip
+        runs, _ = self.runner.run(values, n, read=self._read, log_prob=True)
         return (
             torch.cat([run[0] for run in runs]),
             torch.cat([run[1] for run in runs]),
@@ -192,34 +173,11 @@ class _Density:
             },
         )
 
-    def padded(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Values `{name: (n, *shape)}` reshaped as `(n, 1, ..., 1, *shape)`.
-
-        So shaped, they condition the model under a plate of `n` draws at dim
-        `-nesting - 1`.
-        """
-        return {
-            latent.name: _pad(values[latent.name], len(latent.shape) - latent.batch_dims,
-                              self.nesting)
-            for latent in self.latents
-        }  # fmt: skip
-
-    def _run(self, values, n, *, vectorized) -> tuple[Tensor, Tensor, dict]:
-        data = {}
-        if values is not None:
-            data = self.padded(values) if vectorized else values
-        model = poutine.condition(self.model, data) if data else self.model
-        with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:
-            if vectorized:
-                stack.enter_context(pyro.plate(_CHAINS, n, dim=-self.nesting - 1))
-            trace = poutine.trace(model).get_trace(*self.args, **self.kwargs)
-            trace.compute_log_prob()
+    def _read(self, trace, n, vectorized) -> tuple[Tensor, Tensor, dict]:
+        """The log joint `(n,)`, the log-likelihood `(n,)` and the latent values of a trace."""
         log_joint = torch.zeros(n)
         log_lik = torch.zeros(n)
-        drawn = {}
-        for site in prune_subsample_sites(trace).nodes.values():
-            if site["type"] != "sample":
-                continue
+        for _, site in sample_sites(trace):
             log_p = site["log_prob"]
             if vectorized and log_p.dim() > self.nesting:
                 log_p = log_p.reshape(*log_p.shape[: log_p.dim() - self.nesting], -1).sum(-1)
@@ -229,20 +187,11 @@ class _Density:
             log_joint = log_joint + log_p
             if site["is_observed"]:
                 log_lik = log_lik + log_p
+        drawn = {}
         for latent in self.latents:
             value = trace.nodes[latent.name]["value"]
             drawn[latent.name] = value.reshape(n, *latent.shape) if vectorized else value[None]
         return log_joint, log_lik, drawn
-
-
-def _pad(value: Tensor, event_dim: int, nesting: int) -> Tensor:
-    """`value (n, *shape)` as `(n, 1, ..., 1, *shape)`, its batch dims filled up to `nesting`.
-
-    So shaped, a site's value conditions a model run under a plate of `n` draws at dim
-    `-nesting - 1`, left of all the model's own plates.
-    """
-    batch_dims = value.dim() - 1 - event_dim
-    return value.reshape(value.shape[0], *(1,) * max(nesting - batch_dims, 0), *value.shape[1:])
 
 
 def _sir(
@@ -303,8 +252,11 @@ class init_to_sir:  # noqa: N801 -- named like Pyro's init_to_* strategies
         num_candidates: prior draws to weight. More find narrow modes more surely; the
             cost is one batched run of the model per 1,000 candidates.
         num_draws: resampled starting points kept (one is used per model run).
+        model_kwargs: keyword arguments of the model under any name, also
+            `num_candidates` or `num_draws`.
 
     Example:
+        >>> import pyro
         >>> import pyro.distributions as dist
         >>> from pyro.infer import MCMC, NUTS
         >>> def model(y):
@@ -320,9 +272,10 @@ class init_to_sir:  # noqa: N801 -- named like Pyro's init_to_* strategies
 
     def __init__(
         self, model: Callable, *args, num_candidates: int = 10_000, num_draws: int = 1000,
-        **kwargs,
+        model_kwargs: Mapping | None = None, **kwargs,
     ) -> None:  # fmt: skip
-        self.model, self.args, self.kwargs = model, args, kwargs
+        self.model, self.args = model, args
+        self.kwargs = model_keywords(kwargs, model_kwargs)
         self.num_candidates, self.num_draws = num_candidates, num_draws
         self._draws: dict[str, Tensor] | None = None
         self._next, self._used = 0, set()
@@ -388,6 +341,7 @@ class SliceMCMC:
         progress: show a progress bar.
 
     Example:
+        >>> import pyro
         >>> import pyro.distributions as dist
         >>> def model(y):
         ...     mu = pyro.sample("mu", dist.Normal(0.0, 3.0))

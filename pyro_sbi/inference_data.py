@@ -32,24 +32,20 @@ from __future__ import annotations
 
 __all__ = ["to_inference_data"]
 
-import contextlib
 import warnings
 from collections.abc import Callable, Mapping
 
 import numpy as np
-import pyro
 import torch
 from pyro import poutine
 from pyro.infer import MCMC
-from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 
 from pyro_sbi._arviz import from_dict
-from pyro_sbi.distribution import SimulatorDistribution
+from pyro_sbi.distribution import simulator_of
 from pyro_sbi.ensemble import Ensemble
-from pyro_sbi.infer import SliceMCMC, _pad
-
-_DRAWS = "_pyro_sbi_draws"
+from pyro_sbi.infer import SliceMCMC
+from pyro_sbi.runner import ModelRunner, model_keywords, sample_sites
 
 
 def to_inference_data(
@@ -62,6 +58,7 @@ def to_inference_data(
     chunk_size: int = 500,
     validity_threshold: float = 0.01,
     error_threshold: float = 0.3,
+    model_kwargs: Mapping | None = None,
     **kwargs,
 ):
     r"""Builds ArviZ's data object from posterior draws of `model(*args, **kwargs)`.
@@ -86,6 +83,9 @@ def to_inference_data(
             mean by more than this many posterior sds (see
             :func:`pyro_sbi.diagnostics.likelihood_error`).
         kwargs: the model's keyword arguments.
+        model_kwargs: keyword arguments of the model under any name, also one of this
+            function's own options (such as `seed`); other keywords this function
+            does not take go to the model too.
 
     Returns:
         An `arviz.InferenceData` (ArviZ 0.x) or an `xarray.DataTree` (ArviZ 1.x) with
@@ -94,6 +94,7 @@ def to_inference_data(
         `(chain, draw)` layout, so ArviZ's warning about that layout is not raised.
 
     Example:
+        >>> import pyro
         >>> import pyro.distributions as dist
         >>> def model(y=None):
         ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
@@ -105,11 +106,12 @@ def to_inference_data(
         >>> idata.log_likelihood["y"].dims
         ('chain', 'draw', 'trials')
     """
-    samples, stats = _posterior_draws(posterior)
+    kwargs = model_keywords(kwargs, model_kwargs)
+    samples, stats = posterior_draws(posterior)
     chains, draws = next(iter(samples.values())).shape[:2]
-    base = _base_trace(model, args, kwargs)
-    nesting = _max_plate_nesting(base)
-    observed = [name for name, site in _sample_sites(base) if site["is_observed"]]
+    runner = DrawRunner(model, args, kwargs, members=True)
+    base = runner.base
+    observed = [name for name, site in sample_sites(base) if site["is_observed"]]
     latent = [name for name in samples if name in base.nodes]
     dims, coords = _dims_and_coords(base)
 
@@ -121,11 +123,10 @@ def to_inference_data(
     outside: dict[str, list[Tensor]] = {}
     predictions: dict[str, list[Tensor]] = {name: [] for name in observed}
     ratio_sites = [
-        name for name in observed if (sim := _simulator_site(base.nodes[name]))
+        name for name in observed if (sim := simulator_of(base.nodes[name]["fn"]))
         and not sim.estimator.normalized
     ]  # fmt: skip
     members: dict[str, list[Tensor]] = {}
-    runner = _Runner(model, base, nesting, args, kwargs, members=True)
     for start in range(0, chains * draws, chunk_size):
         chunk = {name: value[start : start + chunk_size] for name, value in flat.items()}
         sites = runner(chunk)
@@ -159,7 +160,7 @@ def to_inference_data(
         groups["sample_stats"] = sample_stats
     if log_likelihood:
         for name in ratio_sites:
-            kind = type(_simulator_site(base.nodes[name]).estimator).__name__
+            kind = type(simulator_of(base.nodes[name]["fn"]).estimator).__name__
             warnings.warn(
                 f"site {name!r}: its estimator {kind} gives log p(x | theta) - log p(x), not a "
                 "normalised likelihood, so the log_likelihood group leaves it out (LOO and "
@@ -190,7 +191,7 @@ def to_inference_data(
             )
     if members:
         drawn = {name: flat[name] for name in latent}
-        for site, errors in _member_shifts(drawn, members).items():
+        for site, errors in member_shifts(drawn, members).items():
             name, error = max(
                 ((k, float(v.max(initial=0.0))) for k, v in errors.items()),
                 key=lambda item: item[1],
@@ -207,7 +208,7 @@ def to_inference_data(
     return from_dict(groups, coords, dims)
 
 
-def _posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
+def posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray]]:
     """Draws `(chains, draws, *shape)` per latent site and the sample stats of a run."""
     if isinstance(posterior, SliceMCMC):
         return dict(posterior.get_samples(group_by_chain=True)), {}
@@ -232,25 +233,6 @@ def _posterior_draws(posterior) -> tuple[dict[str, Tensor], dict[str, np.ndarray
     return samples, {}
 
 
-def _base_trace(model, args, kwargs):
-    with torch.no_grad(), poutine.block():
-        return poutine.trace(model).get_trace(*args, **kwargs)
-
-
-def _sample_sites(trace):
-    """`(name, site)` of the sample sites, without plates' subsample sites."""
-    trace = prune_subsample_sites(trace)
-    return [(name, site) for name, site in trace.nodes.items() if site["type"] == "sample"]
-
-
-def _max_plate_nesting(trace) -> int:
-    depth = 0
-    for _, site in _sample_sites(trace):
-        frames = [-frame.dim for frame in site["cond_indep_stack"] if frame.vectorized]
-        depth = max([depth, len(site["fn"].batch_shape), *frames])
-    return depth
-
-
 def _batch_shape(site) -> torch.Size:
     """The shape of the site's log-density in an ordinary run of the model."""
     fn, value = site["fn"], site["value"]
@@ -260,7 +242,7 @@ def _batch_shape(site) -> torch.Size:
 def _dims_and_coords(trace) -> tuple[dict[str, list[str]], dict[str, np.ndarray]]:
     """Dims of every site: plate names where a plate covers a dimension, `<site>_dim_<i>`."""
     dims, coords = {}, {}
-    for name, site in _sample_sites(trace):
+    for name, site in sample_sites(trace):
         shape = site["value"].shape
         batch = len(_batch_shape(site))
         frames = {frame.dim: frame for frame in site["cond_indep_stack"] if frame.vectorized}
@@ -281,7 +263,7 @@ def _per_draw(log_prob: Tensor) -> Tensor:
     return log_prob.reshape(len(log_prob), -1).sum(-1)
 
 
-class _Runner:
+class DrawRunner:
     """Runs the model at many draws of its latent sites: vectorised, or one draw at a time.
 
     A call returns, per sample site, `value (n, *shape)`, `log_prob (n, *batch_shape)`
@@ -291,27 +273,23 @@ class _Runner:
     region of its estimator. With `members=True`, an observed simulator site whose
     estimator is an :class:`~pyro_sbi.Ensemble` also gives `members (M, n)`: each
     member's log-density minus the ensemble's, summed over the site's elements.
+
+    Arguments:
+        model: the Pyro model; args, kwargs: its arguments.
+        members: whether to give `members` (see above).
     """
 
-    def __init__(self, model, base, nesting, args, kwargs, *, members=False) -> None:
-        self.model, self.base, self.nesting = model, base, nesting
-        self.args, self.kwargs = args, kwargs
-        self.vectorize = True
+    def __init__(self, model, args, kwargs, *, members=False) -> None:
+        self.runner = ModelRunner(model, args, kwargs)
+        self.model, self.base, self.nesting = model, self.runner.base, self.runner.nesting
         self.members = members
 
     def __call__(self, samples, *, uncondition=False, size=None) -> dict:
         model = poutine.uncondition(self.model) if uncondition else self.model
         size = size if size is not None else len(next(iter(samples.values())))
-        if self.vectorize:
-            try:
-                return self._run(model, samples, size, vectorized=True)
-            except Exception:  # the model cannot run under an extra plate of draws, e.g.
-                # `Normal(mu, s).expand([2])` with a batched `mu`: one draw at a time
-                self.vectorize = False
-        runs = [
-            self._run(model, {k: v[i : i + 1] for k, v in samples.items()}, 1, vectorized=False)
-            for i in range(size)
-        ]
+        runs, vectorized = self.runner.run(samples, size, read=self._read, model=model)
+        if vectorized:
+            return runs[0]
         return {
             name: {
                 # per draw along dim 0, but `members (M, n)` along dim 1
@@ -323,27 +301,14 @@ class _Runner:
             for name, site in runs[0].items()
         }
 
-    def _run(self, model, samples, size, *, vectorized) -> dict:
-        data = {}
-        for name, value in samples.items():
-            if vectorized:
-                event_dim = self.base.nodes[name]["fn"].event_dim if name in self.base.nodes else 0
-                data[name] = _pad(value, event_dim, self.nesting)
-            else:
-                data[name] = value[0]
-        with torch.no_grad(), poutine.block(), contextlib.ExitStack() as stack:
-            if vectorized:
-                stack.enter_context(pyro.plate(_DRAWS, size, dim=-self.nesting - 1))
-            trace = poutine.trace(poutine.condition(model, data)).get_trace(
-                *self.args, **self.kwargs
-            )
+    def _read(self, trace, size, vectorized) -> dict:
         sites = {}
-        for name, site in _sample_sites(trace):
+        for name, site in sample_sites(trace):
             if name not in self.base.nodes:
                 continue
             natural = self.base.nodes[name]
             batch = _batch_shape(natural)
-            simulator = _simulator_site(site)
+            simulator = simulator_of(site["fn"])
             log_p = None
             if site["is_observed"] or simulator is None or simulator.estimator.normalized:
                 # a simulated ratio site (a predictive draw) has no density to give
@@ -396,7 +361,7 @@ class _Runner:
         return per_draw.expand(len(difference), size)
 
 
-def _member_shifts(
+def member_shifts(
     latent: dict[str, Tensor], members: dict[str, list[Tensor]]
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per ensemble site, per latent site: the scatter of the members' posterior means.
@@ -425,10 +390,3 @@ def _member_shifts(
             error = ((shift**2).sum(0) / max(1, len(weights) - 1)).sqrt()
             result[site][name] = error.reshape(latent[name].shape[1:]).numpy()
     return result
-
-
-def _simulator_site(site) -> SimulatorDistribution | None:
-    fn = site["fn"]
-    while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
-        fn = fn.base_dist
-    return fn if isinstance(fn, SimulatorDistribution) else None

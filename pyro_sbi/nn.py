@@ -1,10 +1,10 @@
 r"""Network pieces shared by every estimator.
 
-:class:`Estimator` is the small base that `NLE` (and later estimators) build on: lazy
-construction at the first :meth:`Estimator.fit`, z-scoring statistics learned from the
-training data, shape bookkeeping for `x`, the "trained?" check and the local-validity
-warning. :class:`ResidualMLP` is the plain network that classifiers and discrete heads
-share. Each method keeps its loss in its own module.
+:class:`Estimator` is the small base of `NLE`, `MNLE`, `NRE` and the validity
+classifier: lazy construction at the first :meth:`Estimator.fit`, z-scoring statistics
+learned from the training data, shape bookkeeping for `x`, the "trained?" check and the
+local-validity warning. :class:`ResidualMLP` is the plain network that classifiers and
+discrete heads share. Each method keeps its loss in its own module.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 FORMAT_VERSION = 1
+_CLASSES: dict[str, type] = {}  # every Estimator subclass by name (see __init_subclass__)
 _BUFFERS = (
     "theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max",
     # the region of theta seen in training (local validity)
@@ -132,6 +133,15 @@ class Estimator(nn.Module):
 
     normalized: bool = True
     fit_defaults: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """Registers every estimator class by name.
+
+        A saved child estimator (such as the validity classifier) is then loaded by the
+        class its file names, without this module importing it.
+        """
+        super().__init_subclass__(**kwargs)
+        _CLASSES.setdefault(cls.__name__, cls)
 
     def __init__(self, *, z_score: bool = True) -> None:
         super().__init__()
@@ -320,6 +330,7 @@ class Estimator(nn.Module):
             header["condition_dim"] = self.condition_dim
         if self.validity is not None:
             header["validity"] = {
+                "class": type(self.validity).__name__,
                 "options": self.validity.config(),
                 "theta_dim": self.validity.theta_dim,
                 "num_simulations": self.validity.num_simulations,
@@ -664,9 +675,8 @@ def distinct(tensor: Tensor) -> Tensor:
 
 
 def _load_validity(header: dict, state: dict) -> Estimator:
-    from pyro_sbi.validity import ValidityClassifier
-
-    validity = ValidityClassifier.from_config(header["options"])
+    kind = _CLASSES[header.get("class", "ValidityClassifier")]  # older files name none
+    validity = kind.from_config(header["options"])
     validity.theta_dim, validity.x_shape = header["theta_dim"], Size([1])
     for name in _BUFFERS:
         setattr(validity, name, state.get(f"validity.{name}"))

@@ -18,7 +18,8 @@ A Ray cluster needs no more than an executor whose `submit` hands the call to Ra
 
 **Seeds.** With `seed=`, every simulation is reproducible whatever the executor, the
 number of workers or the order in which batches finish. Each simulator call is
-seeded from the root seed and the index of its first row: before the call, torch's,
+seeded from the root seed and the index of its first row
+(:func:`pyro_sbi.seeds.derive`): before the call, torch's,
 numpy's and Python's global generators are seeded with it (and restored afterwards
 in-process), and a simulator with a `seed` keyword argument also receives it as
 `simulator(theta, seed=...)`. A one-at-a-time simulator is therefore seeded per
@@ -37,7 +38,8 @@ they match a fresh run only when `batch_size` divides the previous length.
 **Failures.** A simulation that raises, returns NaN or inf, or runs past `timeout=`
 seconds is recorded (its row, the kind of failure and the message), its row of `x` is
 left NaN, and the run goes on. When a batched call raises, its rows are run again one
-at a time to find which parameters fail. If more than `max_failure_fraction` of the
+at a time to find which parameters fail, each with a seed derived from the batch's
+(:func:`pyro_sbi.seeds.derive`; the store keeps it). If more than `max_failure_fraction` of the
 simulations fail, :func:`simulate` stops with a :class:`SimulationError` that shows
 the first exception.
 
@@ -92,6 +94,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_sbi import threads
+from pyro_sbi.seeds import derive
 
 OK, NONFINITE, ERROR, TIMEOUT = 0, 1, 2, 3
 FAILURE_KINDS = {NONFINITE: "nonfinite", ERROR: "error", TIMEOUT: "timeout"}
@@ -456,17 +459,8 @@ def _pending_ranges(status: Tensor, batch_size: int) -> list[tuple[int, int]]:
 def _seeds(root: int, start: int, stop: int, batched: bool) -> np.ndarray:
     """`(stop - start,)` int64 seeds: one per row, or the first row's for a batched call."""
     if batched:
-        return np.full(stop - start, _row_seed(root, start), dtype=np.int64)
-    return np.array([_row_seed(root, row) for row in range(start, stop)], dtype=np.int64)
-
-
-def _row_seed(root: int, row: int) -> int:
-    state = np.random.SeedSequence(root, spawn_key=(row,)).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
-
-
-def _offset(seed: int | None, offset: int) -> int | None:
-    return None if seed is None else (seed + offset) % 2**63
+        return np.full(stop - start, derive(root, start), dtype=np.int64)
+    return np.array([derive(root, row) for row in range(start, stop)], dtype=np.int64)
 
 
 def _takes_seed(simulator: Callable) -> bool:
@@ -633,9 +627,10 @@ def _simulate_batch(simulator, theta, seeds, timeout, *, batched, numpy, pass_se
             if b == 1:
                 status[0], messages[0] = ERROR, _format_exception()
             else:
-                rows_one_by_one(range(b), lambda row: _offset(seed, row + 1))
-                if seed is not None:
-                    retried = np.array([_offset(seed, row + 1) for row in range(b)], np.int64)
+                retry = None if seed is None else [derive(seed, row) for row in range(b)]
+                rows_one_by_one(range(b), lambda row: None if retry is None else retry[row])
+                if retry is not None:
+                    retried = np.array(retry, np.int64)
     else:
         rows_one_by_one(range(b), lambda row: None if seeds is None else int(seeds[row]))
 

@@ -38,7 +38,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -46,9 +45,11 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from torch.distributions import Distribution
 
-from pyro_sbi.distribution import SimulatorDistribution, _WithCondition
+from pyro_sbi.distribution import SimulatorDistribution, _WithCondition, simulator_of
 from pyro_sbi.fitting import History
 from pyro_sbi.nn import Estimator
+from pyro_sbi.runner import ModelRunner, model_keywords
+from pyro_sbi.seeds import derive
 from pyro_sbi.simulation import Simulations, _as_count, simulate
 from pyro_sbi.validity import ValidityClassifier
 
@@ -127,6 +128,7 @@ def train(
     validity: bool = True,
     rounds: int = 1,
     sampler_options: Mapping | None = None,
+    model_kwargs: Mapping | None = None,
     **kwargs,
 ) -> dict[str, SiteReport]:
     r"""Simulates from the model's prior and trains the estimator of every simulator site.
@@ -170,6 +172,9 @@ def train(
         sampler_options: options of :class:`~pyro_sbi.SliceMCMC`, which draws the
             posterior of rounds 2 and later (`num_chains`, `warmup_steps`, ...).
         kwargs: keyword arguments of the model.
+        model_kwargs: keyword arguments of the model under any name, also one of this
+            function's own options (such as `seed`); other keywords this function
+            does not take go to the model too.
 
     Sequential rounds concentrate simulations where the posterior is, so the same
     budget buys a more accurate likelihood there (and a less accurate one elsewhere:
@@ -196,6 +201,7 @@ def train(
         >>> reports["x"].theta.shape, likelihood.trained
         (torch.Size([200, 1]), True)
     """
+    kwargs = model_keywords(kwargs, model_kwargs)
     num_simulations = _as_count(num_simulations, "train: num_simulations", minimum=2)
     rounds = _as_count(rounds, "train: rounds")
     if simulation_batch_size is not None:
@@ -253,7 +259,7 @@ def train(
                 theta = thetas[name]
                 group, site_seed = None, None
                 if seed is not None:
-                    site_seed = _site_seed(seed + round_index, name)
+                    site_seed = derive(seed + round_index, name)
                 if root is not None:
                     site_proposal = (
                         proposal.get(name) if isinstance(proposal, Mapping) else proposal
@@ -354,7 +360,7 @@ def _posterior_theta(
     model, args, kwargs, collector, shares, sampler_options, seed, progress
 ) -> dict[str, Tensor]:
     """`(share, D)` parameters per site, from the model's current posterior."""
-    from pyro_sbi.infer import SliceMCMC, _Density
+    from pyro_sbi.infer import SliceMCMC
 
     per_draw = {name: _count(collector.sites[name]) for name in shares}
     draws = max(math.ceil(shares[name] / per_draw[name]) for name in shares)
@@ -363,38 +369,28 @@ def _posterior_theta(
     mcmc = SliceMCMC(model, seed=seed, progress=progress, **options).run(*args, **kwargs)
     samples = mcmc.get_samples()
     size = len(next(iter(samples.values())))
-    density = _Density(model, args, kwargs)
-    run = _Collector()
-    try:
-        with torch.no_grad(), poutine.block(), run:
-            with pyro.plate("_pyro_sbi_particles", size, dim=-density.nesting - 1):
-                poutine.condition(model, density.padded(samples))(*args, **kwargs)
-        vectorized = set(run.sites) == set(shares)
-    except Exception:  # the model cannot run under an extra plate
-        vectorized = False
-    if not vectorized:  # one draw at a time
-        thetas = {name: [] for name in shares}
-        for i in range(size):
-            one = _Collector()
-            with torch.no_grad(), poutine.block(), one:
-                poutine.condition(model, {k: v[i] for k, v in samples.items()})(*args, **kwargs)
-            _extend(thetas, one, set(shares))
-        joined = {name: torch.cat(parts) for name, parts in thetas.items()}
-    else:
-        joined = {name: _rows(run.sites[name]) for name in shares}
+    runner = ModelRunner(model, args, kwargs)
+
+    def step(points, index):
+        run = _Collector()
+        with run, runner.plate(points, index):
+            runner.condition(samples, index)(*args, **kwargs)
+        if index is None and set(run.sites) != set(shares):
+            missing = sorted(set(shares) - set(run.sites))
+            raise ValueError(f"the simulator sites {missing} were not reached")
+        return run
+
+    runs, _ = runner.map(size, step)
+    thetas = {name: [] for name in shares}
+    for run in runs:
+        _extend(thetas, run, set(shares))
+    joined = {name: torch.cat(parts) for name, parts in thetas.items()}
     out = {}
     for name, share in shares.items():
         theta = joined[name]
         index = torch.randperm(len(theta))[:share] if len(theta) >= share else None
         out[name] = theta[index] if index is not None else theta
     return out
-
-
-def _site_seed(seed: int, name: str) -> int:
-    """A root seed for the simulations of one site, derived from `seed` and its name."""
-    words = np.frombuffer(name.encode().ljust(4 * math.ceil(len(name) / 4 + 1), b"\0"), "<u4")
-    state = np.random.SeedSequence([seed, *words.tolist()]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def _source(proposal: Distribution | None) -> str:
@@ -460,10 +456,8 @@ class _Collector(Messenger):
         frames = [frame.dim for frame in msg["cond_indep_stack"] if frame.vectorized]
         depth = max([-dim for dim in frames] + [len(getattr(msg["fn"], "batch_shape", ()))])
         self.max_batch_dims = max(self.max_batch_dims, depth)
-        fn = msg["fn"]
-        while not isinstance(fn, SimulatorDistribution) and hasattr(fn, "base_dist"):
-            fn = fn.base_dist
-        if not isinstance(fn, SimulatorDistribution):
+        fn = simulator_of(msg["fn"])
+        if fn is None:
             return
         self.sites[msg["name"]] = fn
         if msg["is_observed"]:
@@ -490,26 +484,19 @@ def _draw_theta(model, args, kwargs, collector, shares, proposal) -> dict[str, T
     missing = {name for name in shares if not thetas[name]}
     _extend(thetas, collector, missing)  # the first run is used too
 
-    vectorise = True
+    runner = ModelRunner(model, args, kwargs, nesting=collector.max_batch_dims)
+
+    def step(points, index):
+        run = _Collector()
+        with run, runner.plate(points, index):
+            model(*args, **kwargs)
+        return run
+
     while missing := {n for n in missing if sum(map(len, thetas[n])) < shares[n]}:
         per_run = min(_count(collector.sites[n]) for n in missing)
         need = max(shares[n] - sum(map(len, thetas[n])) for n in missing)
-        runs = math.ceil(need / max(per_run, 1))
-        run = _Collector()
-        try:
-            with poutine.block(), run:
-                if vectorise:
-                    dim = -collector.max_batch_dims - 1
-                    with pyro.plate("_pyro_sbi_particles", runs, dim=dim):
-                        model(*args, **kwargs)
-                else:
-                    model(*args, **kwargs)
-        except Exception:
-            if not vectorise:
-                raise
-            vectorise = False  # the model cannot be vectorised: run it repeatedly
-            continue
-        _extend(thetas, run, missing)
+        for run in runner.map(math.ceil(need / max(per_run, 1)), step)[0]:
+            _extend(thetas, run, missing)
     return {name: torch.cat(thetas[name])[: shares[name]] for name in shares}
 
 

@@ -15,3 +15,9 @@ def _seeded_and_validated():
     pyro.set_rng_seed(0)
     with pyro.validation_enabled(True):
         yield
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Reference posteriors are cached in a fresh directory, not the user's cache."""
+    monkeypatch.setenv("PYRO_SBI_CACHE", str(tmp_path / "cache"))

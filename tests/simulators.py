@@ -10,6 +10,17 @@ import numpy as np
 import torch
 
 
+def gaussian(theta):
+    """x ~ N(theta, 0.5^2), one column per parameter."""
+    return theta + 0.5 * torch.randn_like(theta)
+
+
+def pairs(n, dim=1, simulator=gaussian):
+    """`n` parameters `(n, dim)` from N(0, 1) and their simulations."""
+    theta = torch.randn(n, dim)
+    return theta, simulator(theta)
+
+
 def noisy(theta):
     """Uses torch's, numpy's and Python's global generators."""
     return theta + torch.randn_like(theta) + torch.from_numpy(np.random.randn(*theta.shape))

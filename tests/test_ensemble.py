@@ -5,13 +5,9 @@ import pyro.distributions as dist
 import pytest
 import torch
 import zuko
+from simulators import pairs
 
 from pyro_sbi import NLE, NRE, Ensemble, SimulatorDistribution, train
-
-
-def pairs(n):
-    theta = torch.randn(n, 1)
-    return theta, theta + 0.5 * torch.randn(n, 1)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,9 @@ import re
 import pytest
 import torch
 import zuko
+from simulators import gaussian, pairs
 
 from pyro_sbi import MNLE, NLE, NRE, Ensemble, UntrainedEstimatorError
-
-
-def gaussian(theta):
-    """x ~ N(theta, 0.5^2): both columns continuous."""
-    return theta + 0.5 * torch.randn_like(theta)
 
 
 def mixed(theta):
@@ -43,17 +39,12 @@ CONSTRUCTORS = {
 }
 
 
-def pairs(n, simulator=gaussian):
-    theta = torch.randn(n, 2)
-    return theta, simulator(theta)
-
-
 @pytest.fixture(scope="module", params=list(CONSTRUCTORS))
 def trained(request):
     torch.manual_seed(0)
     constructor, simulator = CONSTRUCTORS[request.param]
     estimator = constructor()
-    theta, x = pairs(2000, simulator)
+    theta, x = pairs(2000, 2, simulator)
     history = estimator.fit(theta, x, max_epochs=15, progress=False, seed=0)
     estimator.simulator = simulator
     return estimator, history
@@ -93,7 +84,7 @@ def test_log_prob_broadcasts(trained, x_shape, theta_shape, expected):
 
 def test_log_prob_prefers_the_true_theta(trained):
     estimator, _ = trained
-    theta, x = pairs(500, estimator.simulator)
+    theta, x = pairs(500, 2, estimator.simulator)
     joint = estimator.log_prob(x, theta)
     marginal = estimator.log_prob(x, theta.roll(1, 0))
     assert (joint > marginal).float().mean() > 0.8
@@ -117,7 +108,7 @@ def test_rejects_wrong_theta_dimension(trained):
 
 def test_pickles(trained):
     estimator, _ = trained
-    theta, x = pairs(5, estimator.simulator)
+    theta, x = pairs(5, 2, estimator.simulator)
     estimator.warn_if_outside(x)  # leaves a weak reference behind
     clone = pickle.loads(pickle.dumps(estimator))
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
@@ -127,7 +118,7 @@ def test_save_load_round_trip(trained, tmp_path):
     estimator, _ = trained
     estimator.save(tmp_path / "estimator.pt")
     clone = type(estimator).load(tmp_path / "estimator.pt")
-    theta, x = pairs(7, estimator.simulator)
+    theta, x = pairs(7, 2, estimator.simulator)
     assert torch.equal(clone.log_prob(x, theta), estimator.log_prob(x, theta))
     assert clone.x_shape == estimator.x_shape and clone.trained
     assert not any(p.requires_grad for p in clone.parameters())
@@ -157,7 +148,7 @@ def test_load_refuses_pickled_objects(tmp_path):
 def saved(tmp_path_factory):
     """The path of a small trained NLE's file."""
     estimator = NLE(zuko.flows.MAF)
-    estimator.fit(*pairs(100), max_epochs=1, progress=False, seed=0)
+    estimator.fit(*pairs(100, 2), max_epochs=1, progress=False, seed=0)
     path = tmp_path_factory.mktemp("saved") / "nle.pt"
     estimator.save(path)
     return path
@@ -224,7 +215,7 @@ def test_load_refuses_non_finite_tensors_naming_the_first(which, saved, tmp_path
 
 def test_load_refuses_another_class(tmp_path):
     estimator = NLE(zuko.flows.MAF)
-    theta, x = pairs(100)
+    theta, x = pairs(100, 2)
     estimator.fit(theta, x, max_epochs=1, progress=False)
     estimator.save(tmp_path / "nle.pt")
     with pytest.raises(ValueError, match="holds a NLE, not a NRE"):
@@ -241,7 +232,7 @@ def test_save_needs_a_trained_estimator(tmp_path):
 
 def test_nre_with_embedding_needs_it_again(tmp_path):
     estimator = NRE(embedding=torch.nn.Linear(2, 3))
-    theta, x = pairs(100)
+    theta, x = pairs(100, 2)
     estimator.fit(theta, x, max_epochs=1, progress=False)
     estimator.save(tmp_path / "nre.pt")
     with pytest.raises(ValueError, match="embedding"):

@@ -3,13 +3,9 @@ import sys
 import pytest
 import torch
 import zuko
+from simulators import pairs
 
 from pyro_sbi import NLE, NRE, fit
-
-
-def pairs(n):
-    theta = torch.randn(n, 1)
-    return theta, theta + 0.5 * torch.randn(n, 1)
 
 
 def test_constant_learning_rate():

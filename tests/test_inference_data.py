@@ -218,7 +218,7 @@ def test_many_chains_of_few_draws_keep_their_layout_without_a_warning():
 
 def test_a_model_with_observed_plates_runs_vectorised():
     """Observed data carry no dimension of draws; the model still runs for all draws at once."""
-    from pyro_sbi.inference_data import _base_trace, _max_plate_nesting, _Runner
+    from pyro_sbi.inference_data import DrawRunner
 
     def model(y=None):
         mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
@@ -226,11 +226,10 @@ def test_a_model_with_observed_plates_runs_vectorised():
             pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
 
     y = torch.tensor([0.1, -0.4, 2.0])
-    base = _base_trace(model, (y,), {})
-    runner = _Runner(model, base, _max_plate_nesting(base), (y,), {})
+    runner = DrawRunner(model, (y,), {})
     mu = torch.randn(50)
     sites = runner({"mu": mu})
-    assert runner.vectorize
+    assert runner.runner.vectorize
     assert sites["y"]["value"].shape == (50, 3) and torch.equal(sites["y"]["value"][7], y)
     expected = dist.Normal(mu.unsqueeze(-1), 1.0).log_prob(y)
     torch.testing.assert_close(sites["y"]["log_prob"], expected)

@@ -7,6 +7,7 @@ import torch
 from pyro.infer import HMC, MCMC, NUTS, SVI, Predictive, Trace_ELBO
 from pyro.infer.autoguide import AutoNormal
 from pyro.optim import Adam
+from simulators import pairs
 from torch import nn
 
 from pyro_sbi import NRE, SimulatorDistribution, SliceMCMC, train
@@ -18,16 +19,11 @@ def linear_gaussian(theta):
     return theta + NOISE * torch.randn_like(theta)
 
 
-def pairs(n):
-    theta = torch.randn(n, 2)
-    return theta, linear_gaussian(theta)
-
-
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)
     estimator = NRE()
-    theta, x = pairs(2000)
+    theta, x = pairs(2000, 2)
     estimator.fit(theta, x, max_epochs=15, progress=False, seed=0)
     return estimator
 
@@ -38,7 +34,7 @@ def test_default_is_contrastive_and_unnormalised():
 
 
 def test_balance_changes_the_loss():
-    theta, x = pairs(300)
+    theta, x = pairs(300, 2)
     plain, balanced = NRE("A"), NRE("A", balance=10.0)
     plain.build(theta, x)
     balanced.build(theta, x)
@@ -50,7 +46,7 @@ def test_balance_changes_the_loss():
 
 
 def test_contrastive_with_one_atom_is_half_the_binary_loss():
-    theta, x = pairs(64)
+    theta, x = pairs(64, 2)
     binary, contrastive = NRE("A", num_atoms=1), NRE("C", num_atoms=1, gamma=1.0)
     binary.build(theta, x)
     contrastive.build(theta, x)
@@ -59,7 +55,7 @@ def test_contrastive_with_one_atom_is_half_the_binary_loss():
 
 
 def test_contrastive_loss_ignores_a_constant_in_x():
-    theta, x = pairs(64)
+    theta, x = pairs(64, 2)
     estimator = NRE("B", num_atoms=8)
     estimator.build(theta, x)
     before = estimator.loss(theta, x)
@@ -69,7 +65,7 @@ def test_contrastive_loss_ignores_a_constant_in_x():
 
 
 def test_small_batches_use_fewer_atoms():
-    theta, x = pairs(3)
+    theta, x = pairs(3, 2)
     estimator = NRE("C", num_atoms=10)
     estimator.build(theta, x)
     assert math.isfinite(estimator.loss(theta, x).item())

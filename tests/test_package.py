@@ -38,11 +38,6 @@ def test_import_leaves_torch_validation_default_unchanged():
     assert _validation_after_import("False", "import pyro_sbi") == "False property"
 
 
-def test_zuko_alone_would_change_it():
-    # The guard is needed: importing zuko on its own flips the global default.
-    assert _validation_after_import("True", "import zuko") == "False dict"
-
-
 def test_modules_are_not_shadowed_by_the_functions_they_define():
     """`pyro_sbi.fit`, `.simulate`, `.train` are functions; their modules have other names."""
     import importlib

@@ -6,6 +6,7 @@ import simulators
 import torch
 
 from pyro_sbi import simulate
+from pyro_sbi.seeds import derive
 from pyro_sbi.simulation import SimulationError
 from pyro_sbi.store import SimulationStore
 
@@ -349,6 +350,10 @@ def test_a_batched_call_that_raises_is_retried_row_by_row():
     out = simulate(fragile, theta, batch_size=4, seed=0, progress=False)
     assert torch.equal(out.ok, theta[:, 0] <= 0.5)
     assert torch.equal(out.x[out.ok], 3 * theta[out.ok])
+    # rows 4-7 and 8-10 were retried, each with its own seed derived from its batch's
+    retried = [derive(derive(0, start), row) for start in (4, 8) for row in range(4)][:7]
+    assert out.seed[4:].tolist() == retried
+    assert len(set(out.seed.tolist())) == 1 + 7  # the first batch shares one seed
 
 
 def test_nan_outputs_of_a_batched_simulator_fail_their_rows_only():

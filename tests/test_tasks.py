@@ -22,10 +22,7 @@ from pyro_sbi.tasks import (
 )
 from pyro_sbi.tasks._common import seeded_observation
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PYRO_SBI_CACHE", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_two_moons_likelihood_is_a_normalised_density():

@@ -15,10 +15,27 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pyro.distributions as dist
 import torch
 from torch import Tensor
 
 _DATA = Path(__file__).with_name("observations.json")
+
+# the names every task module offers (each adds its own: DIM, X_DIM, log_likelihood, ...)
+TASK_NAMES = ["model", "observation", "prior", "reference_posterior", "simulator",
+              "true_parameters"]  # fmt: skip
+
+
+def uniform_box(low, high) -> dist.Distribution:
+    """`Uniform(low, high).to_event(1)` in the default dtype: a prior of event shape `(D,)`.
+
+    Example:
+        >>> uniform_box((0.0, -1.0), (1.0, 1.0)).sample((4,)).shape
+        torch.Size([4, 2])
+    """
+    dtype = torch.get_default_dtype()
+    low, high = torch.tensor(low, dtype=dtype), torch.tensor(high, dtype=dtype)
+    return dist.Uniform(low, high).to_event(1)
 
 
 @functools.cache

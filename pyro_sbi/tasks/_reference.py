@@ -18,7 +18,7 @@ Two samplers, neither of which involves a learned surrogate:
 
 from __future__ import annotations
 
-__all__ = ["grid_posterior", "laplace_proposal", "rejection_posterior"]
+__all__ = ["grid_posterior", "grid_reference", "laplace_proposal", "rejection_posterior"]
 
 import math
 from collections.abc import Callable, Sequence
@@ -55,6 +55,37 @@ def _roughness(log_p: Tensor, cells: list[int]) -> list[float]:
         step = torch.nan_to_num(step, posinf=50.0).clamp(max=50.0)  # an edge of the support
         out.append(float((weight * step).sum() / weight.sum()))
     return out
+
+
+def grid_reference(
+    log_likelihood: Callable[[Tensor, Tensor], Tensor], low: Sequence[float],
+    high: Sequence[float], *, cells: int,
+) -> Callable[..., Tensor]:  # fmt: skip
+    """A task's reference method on a grid: `sample_posterior(x, num_samples, seed=0)`.
+
+    Arguments:
+        log_likelihood: the exact `log p(x | theta)`, `x (*, d)` and `theta (*, D)`
+            broadcast; under the task's uniform prior on the box `low, high` it is the
+            unnormalised log posterior.
+        low: the lower corner of the prior's box, `D` numbers.
+        high: its upper corner.
+        cells: the first grid's cells per dimension (see :func:`grid_posterior`).
+
+    Returns:
+        `sample_posterior(x, num_samples, seed=0) -> (num_samples, D)` draws, computed in
+        float64.
+    """
+
+    def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
+        x = x.to(torch.float64)
+        return grid_posterior(lambda theta: log_likelihood(x, theta), low, high, num_samples,
+                              seed=seed, cells=cells)  # fmt: skip
+
+    sample_posterior.__doc__ = (
+        f"`(num_samples, {len(low)})` posterior draws for any `x`, on a grid of {cells} "
+        "cells per parameter at first."
+    )
+    return sample_posterior
 
 
 def grid_posterior(

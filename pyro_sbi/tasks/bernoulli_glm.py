@@ -46,22 +46,6 @@ References:
 
 from __future__ import annotations
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "design",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "stimulus",
-    "true_parameters",
-]
-
 import functools
 
 import numpy as np
@@ -69,8 +53,19 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
+from pyro_sbi.tasks._common import TASK_NAMES, Task
 from pyro_sbi.tasks._reference import laplace_proposal, rejection_posterior
+
+__all__ = [
+    "DIM",
+    "NAME",
+    "X_DIM",
+    "design",
+    "log_likelihood",
+    "sample_posterior",
+    "stimulus",
+    *TASK_NAMES,
+]
 
 NAME, DIM, X_DIM, KIND = "bernoulli_glm", 10, 10, "binary responses"
 BINS, SEED = 100, 42

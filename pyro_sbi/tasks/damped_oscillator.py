@@ -51,29 +51,23 @@ References:
 
 from __future__ import annotations
 
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._reference import grid_posterior
+
 __all__ = [
     "DIM",
     "NAME",
     "X_DIM",
     "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
     "sample_posterior",
-    "simulator",
     "solve",
     "solve_linear",
-    "true_parameters",
+    *TASK_NAMES,
 ]
-
-
-import pyro.distributions as dist
-import torch
-from torch import Tensor
-
-from pyro_sbi.tasks._common import Task
-from pyro_sbi.tasks._reference import grid_posterior
 
 NAME, DIM, X_DIM, KIND = "damped_oscillator", 3, 10, "ODE with observation noise"
 LOW, HIGH = (0.5, 0.0, 0.5), (2.5, 0.5, 2.0)
@@ -82,9 +76,7 @@ STEP, STEPS_PER_TIME, NOISE = 0.05, 20, 0.1
 
 def prior() -> dist.Distribution:
     r"""Uniform on :math:`[0.5, 2.5] \times [0, 0.5] \times [0.5, 2]`, event shape `(3,)`."""
-    dtype = torch.get_default_dtype()
-    low, high = torch.tensor(LOW, dtype=dtype), torch.tensor(HIGH, dtype=dtype)
-    return dist.Uniform(low, high).to_event(1)
+    return uniform_box(LOW, HIGH)
 
 
 def solve(theta: Tensor) -> Tensor:

@@ -25,33 +25,20 @@ References:
 
 from __future__ import annotations
 
-__all__ = [
-    "HIGH",
-    "LOW",
-    "NAME",
-    "TRIALS",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
-from pyro_sbi.tasks.drift_diffusion import (
+from pyro_sbi.tasks._common import TASK_NAMES, Task
+from pyro_sbi.tasks.drift_diffusion import (  # noqa: F401 - re-exported for older imports
     NAMES,
     DriftDiffusion,
     ddm_log_prob,
     ddm_upper_prob,
     simulate_ddm,
 )
+
+__all__ = ["HIGH", "LOW", "NAME", "TRIALS", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME = "ddm"
 TRIALS = 100  # i.i.d. trials per benchmark observation

@@ -8,19 +8,6 @@ observations :math:`x_1, \dots, x_m` the posterior is Gaussian with precision
 
 from __future__ import annotations
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "model",
-    "observation",
-    "posterior",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
 import math
 
 import pyro
@@ -28,7 +15,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task, seeded_draws
+from pyro_sbi.tasks._common import TASK_NAMES, Task, seeded_draws
+
+__all__ = ["DIM", "NAME", "posterior", "sample_posterior", *TASK_NAMES]
 
 NAME, DIM, VARIANCE = "gaussian_linear", 10, 0.1
 

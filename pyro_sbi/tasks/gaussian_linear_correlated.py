@@ -28,29 +28,23 @@ References:
 
 from __future__ import annotations
 
+import pyro.distributions as dist
+import torch
+from torch import Tensor
+
+from pyro_sbi.tasks._common import TASK_NAMES, Task, seeded_draws
+
 __all__ = [
     "DIM",
     "NAME",
     "X_DIM",
     "design",
     "log_likelihood",
-    "model",
     "noise_covariance",
-    "observation",
     "posterior",
-    "prior",
-    "reference_posterior",
     "sample_posterior",
-    "simulator",
-    "true_parameters",
+    *TASK_NAMES,
 ]
-
-
-import pyro.distributions as dist
-import torch
-from torch import Tensor
-
-from pyro_sbi.tasks._common import Task, seeded_draws
 
 NAME, DIM, X_DIM, KIND = "gaussian_linear_correlated", 5, 25, "20+ dimensional output"
 WIDTH, NOISE, RHO = 0.15, 0.3, 0.8

@@ -18,25 +18,15 @@ component, draw :math:`\theta` from it, keep it when it lies in the box.
 
 from __future__ import annotations
 
-__all__ = [
-    "NAME",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
 import math
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
+from pyro_sbi.tasks._common import TASK_NAMES, Task
+
+__all__ = ["NAME", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME, BOUND, SCALES = "gaussian_mixture", 10.0, (1.0, 0.1)
 

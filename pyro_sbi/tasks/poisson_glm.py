@@ -30,27 +30,14 @@ References:
 
 from __future__ import annotations
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
-
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
-from pyro_sbi.tasks._reference import grid_posterior
+from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._reference import grid_reference
+
+__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME, DIM, X_DIM, KIND = "poisson_glm", 3, 10, "counts"
 LOW, HIGH = (0.0, -1.0, -1.0), (3.0, 1.0, 1.0)
@@ -65,9 +52,7 @@ def design(dtype: torch.dtype | None = None) -> Tensor:
 
 def prior() -> dist.Distribution:
     r"""Uniform on :math:`[0, 3] \times [-1, 1]^2`, event shape `(3,)`."""
-    dtype = torch.get_default_dtype()
-    low, high = torch.tensor(LOW, dtype=dtype), torch.tensor(HIGH, dtype=dtype)
-    return dist.Uniform(low, high).to_event(1)
+    return uniform_box(LOW, HIGH)
 
 
 def simulator(theta: Tensor) -> Tensor:
@@ -86,11 +71,7 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return (x * log_rate - log_rate.exp() - torch.lgamma(x + 1)).sum(-1)
 
 
-def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
-    """`(num_samples, 3)` posterior draws for any `x (10,)`, on a grid."""
-    x = x.to(torch.float64)
-    return grid_posterior(lambda theta: log_likelihood(x, theta), LOW, HIGH, num_samples,
-                          seed=seed, cells=100)  # fmt: skip
+sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=100)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)

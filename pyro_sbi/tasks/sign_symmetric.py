@@ -30,27 +30,14 @@ References:
 
 from __future__ import annotations
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
-
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
-from pyro_sbi.tasks._reference import grid_posterior
+from pyro_sbi.tasks._common import TASK_NAMES, Task
+from pyro_sbi.tasks._reference import grid_reference
+
+__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME, DIM, X_DIM, KIND = "sign_symmetric", 2, 2, "multimodal posterior"
 BOUND, NOISE = 2.0, 0.1
@@ -76,11 +63,7 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return dist.Normal(theta.abs(), NOISE).log_prob(x).sum(-1)
 
 
-def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
-    """`(num_samples, 2)` posterior draws for any `x (2,)`, on a grid."""
-    x = x.to(torch.float64)
-    return grid_posterior(lambda theta: log_likelihood(x, theta), (-BOUND, -BOUND),
-                          (BOUND, BOUND), num_samples, seed=seed, cells=400)  # fmt: skip
+sample_posterior = grid_reference(log_likelihood, (-BOUND, -BOUND), (BOUND, BOUND), cells=400)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)

@@ -24,24 +24,14 @@ exactly equal, instead of leaving them to chains that rarely cross between modes
 
 from __future__ import annotations
 
-__all__ = [
-    "NAME",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
 import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
+from pyro_sbi.tasks._common import TASK_NAMES, Task
+
+__all__ = ["NAME", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME, BOUND, POINTS = "slcp", 3.0, 4
 

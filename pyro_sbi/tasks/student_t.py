@@ -28,27 +28,14 @@ References:
 
 from __future__ import annotations
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "sample_posterior",
-    "simulator",
-    "true_parameters",
-]
-
-
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
-from pyro_sbi.tasks._reference import grid_posterior
+from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._reference import grid_reference
+
+__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 NAME, DIM, X_DIM, KIND = "student_t", 2, 10, "heavy-tailed output"
 LOW, HIGH = (-5.0, 0.2), (5.0, 2.0)
@@ -57,9 +44,7 @@ DF = 2.0
 
 def prior() -> dist.Distribution:
     r"""Uniform on :math:`[-5, 5] \times [0.2, 2]` for :math:`(\mu, \sigma)`."""
-    dtype = torch.get_default_dtype()
-    low, high = torch.tensor(LOW, dtype=dtype), torch.tensor(HIGH, dtype=dtype)
-    return dist.Uniform(low, high).to_event(1)
+    return uniform_box(LOW, HIGH)
 
 
 def simulator(theta: Tensor) -> Tensor:
@@ -79,11 +64,7 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
     return dist.StudentT(torch.tensor(DF, dtype=theta.dtype), loc, scale).log_prob(x).sum(-1)
 
 
-def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
-    """`(num_samples, 2)` posterior draws for any `x (10,)`, on a grid."""
-    x = x.to(torch.float64)
-    return grid_posterior(lambda theta: log_likelihood(x, theta), LOW, HIGH, num_samples,
-                          seed=seed, cells=300)  # fmt: skip
+sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)

@@ -29,24 +29,15 @@ proportions.
 
 from __future__ import annotations
 
-__all__ = [
-    "NAME",
-    "log_likelihood",
-    "model",
-    "observation",
-    "prior",
-    "reference_posterior",
-    "simulator",
-    "true_parameters",
-]
-
 import math
 
 import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import Task
+from pyro_sbi.tasks._common import TASK_NAMES, Task
+
+__all__ = ["NAME", "log_likelihood", *TASK_NAMES]
 
 NAME = "two_moons"
 _RADIUS, _RADIUS_SD, _OFFSET = 0.1, 0.01, 0.25
