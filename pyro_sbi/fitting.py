@@ -7,12 +7,14 @@ held-out validation split, stops once the validation loss has not improved for
 
 With `average > 0` the weights that are validated and kept are an exponential moving
 average of the iterates (Polyak averaging; `torch.optim.swa_utils.AveragedModel`):
-with decay :math:`\beta`, after every step
-:math:`\bar w \leftarrow \beta \bar w + (1 - \beta) w`, an average over about
-:math:`1 / (1 - \beta)` steps. Stochastic gradients leave the last iterate scattered
-around the optimum by the step size; the average cancels most of that scatter
-(Polyak & Juditsky, 1992), and the scatter is what separates one training seed from
-the next when the validation loss is flat near its minimum.
+with decay :math:`\beta`, after step :math:`t`,
+:math:`\bar w \leftarrow \beta_t \bar w + (1 - \beta_t) w`, an average over about
+:math:`1 / (1 - \beta_t) = \min(1 / (1 - \beta), 1 + t / 4)` steps: the window grows
+to :math:`1 / (1 - \beta)` steps, so a short training averages its last quarter rather
+than its first, undertrained, iterates. Stochastic gradients leave the last iterate
+scattered around the optimum by the step size; the average cancels most of that
+scatter (Polyak & Juditsky, 1992), and the scatter is what separates one training seed
+from the next when the validation loss is flat near its minimum.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ __all__ = ["History", "TrainingInterrupted", "fit"]
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pyro_sbi import threads
@@ -105,6 +108,21 @@ class TrainingInterrupted(KeyboardInterrupt):
             f"{history.best_validation_loss:.4g})"
         )
         self.history = history
+
+
+def _moving_average(decay: float) -> Callable:
+    """The update of an exponential moving average whose window grows to `1 / (1 - decay)`.
+
+    After `t` updates the window is `min(1 / (1 - decay), 1 + t / 4)` steps, so the
+    first iterates, far from the optimum, are forgotten in a short training too.
+    """
+
+    def update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        window = min(1.0 / (1.0 - decay), 1.0 + float(num_averaged) / 4.0)
+        for mean, value in zip(averaged, current, strict=True):
+            mean.lerp_(value, 1.0 / window)
+
+    return update
 
 
 def fit(
@@ -218,7 +236,7 @@ def _fit(
             )
         averaged = None
         if average > 0:
-            averaged = AveragedModel(estimator, multi_avg_fn=get_ema_multi_avg_fn(average))
+            averaged = AveragedModel(estimator, multi_avg_fn=_moving_average(average))
         kept = estimator if averaged is None else averaged.module  # what is validated
         best_loss, best_state, stale = math.inf, None, 0
         num_batches = max(1, math.ceil(len(train) / batch_size))

@@ -48,9 +48,10 @@ def test_average_keeps_the_moving_average_of_the_iterates():
         clip_norm=None, lr_decay=1.0, progress=False, seed=0,
     )  # fmt: skip
     steps = 3 * 10  # 100 training pairs in batches of 10, for 3 epochs
-    expected = lr  # the first step is copied, then w_bar <- beta w_bar + (1 - beta) w_t
-    for t in range(2, steps + 1):
-        expected = beta * expected + (1 - beta) * lr * t
+    expected = lr  # the first step is copied, then w_bar <- beta_t w_bar + (1 - beta_t) w_t
+    for t in range(2, steps + 1):  # a window of min(1 / (1 - beta), 1 + (t - 1) / 4) steps
+        weight = 1 / min(1 / (1 - beta), 1 + (t - 1) / 4)
+        expected = (1 - weight) * expected + weight * lr * t
     assert history.best_epoch == 2  # the loss falls at every epoch
     assert abs(estimator.w.item() - expected) < 1e-5
     assert estimator.w.item() < lr * steps - 0.05  # not the last iterate
