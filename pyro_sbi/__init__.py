@@ -44,14 +44,15 @@ _arg_constraints = _Distribution.__dict__["arg_constraints"]
 from pyro_sbi.diagnostics import c2st, ppc, sbc  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
+from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
-from pyro_sbi.infer import SliceMCMC, init_to_sir  # noqa: E402
+from pyro_sbi.infer import SliceMCMC  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
-from pyro_sbi.nn import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
 from pyro_sbi.simulation import SimulationError, Simulations, simulate  # noqa: E402
+from pyro_sbi.sir import init_to_sir  # noqa: E402
 from pyro_sbi.training import SiteReport, train  # noqa: E402
 
 _Distribution._validate_args = _validate_args

@@ -37,8 +37,9 @@ from pyro.distributions import TorchDistribution
 from torch import Size, Tensor
 from torch.distributions import constraints
 
-from pyro_sbi.nn import Estimator, distinct
+from pyro_sbi.estimator import Estimator, distinct
 from pyro_sbi.simulation import simulate
+from pyro_sbi.simulation_worker import simulator_name
 
 
 class SimulatorDistribution(TorchDistribution):
@@ -114,7 +115,7 @@ class SimulatorDistribution(TorchDistribution):
         validate_args: bool | None = None,
     ) -> None:
         theta = torch.as_tensor(theta, dtype=torch.get_default_dtype())
-        name = _name(simulator)
+        name = simulator_name(simulator)
         if theta.dim() < 1:
             raise ValueError(
                 f"SimulatorDistribution({name}): theta must have shape (*batch_shape, D) with "
@@ -178,6 +179,17 @@ class SimulatorDistribution(TorchDistribution):
         )
 
     @property
+    def row_simulator(self) -> Callable:
+        """The simulator as the simulation engine calls it: on rows of :attr:`context`.
+
+        The simulator itself without a condition; with one, a wrapper that splits rows
+        `[theta, condition] (n, D + d_u)` and calls `simulator(theta, condition)`.
+        """
+        if self.condition is None:
+            return self.simulator
+        return _WithCondition(self.simulator, self.theta.shape[-1])
+
+    @property
     def support(self) -> constraints.Constraint:
         """Where `x` lives, as the estimator describes it (real vectors by default)."""
         if self.estimator.x_shape is not None:
@@ -207,7 +219,8 @@ class SimulatorDistribution(TorchDistribution):
             compatible = False
         if not compatible:
             raise ValueError(
-                f"SimulatorDistribution({_name(self.simulator)}): cannot expand batch shape "
+                f"SimulatorDistribution({simulator_name(self.simulator)}): cannot expand "
+                "batch shape "
                 f"{tuple(self.batch_shape)} to {tuple(batch_shape)}"
             )
         keys = ("simulator", "theta", "condition", "estimator", "batched", "numpy", "x_shape")
@@ -230,11 +243,10 @@ class SimulatorDistribution(TorchDistribution):
         """
         shape = Size(sample_shape) + self.batch_shape
         theta = self.theta.detach().expand(shape + self.theta.shape[-1:])
-        simulator = self.simulator
         if self.condition is not None:  # rows [theta, condition], split again for the call
             condition = self.condition.expand(shape + self.condition.shape[-1:])
             theta = torch.cat([theta, condition.to(theta.dtype)], -1)
-            simulator = _WithCondition(simulator, self.theta.shape[-1])
+        simulator = self.row_simulator
         simulations = simulate(
             simulator,
             theta.reshape(-1, theta.shape[-1]),
@@ -245,7 +257,8 @@ class SimulatorDistribution(TorchDistribution):
         if simulations.num_failed:
             row, _, kind, message = simulations.failures()[0]
             warnings.warn(
-                f"SimulatorDistribution({_name(self.simulator)}): {simulations.num_failed} of "
+                f"SimulatorDistribution({simulator_name(self.simulator)}): "
+                f"{simulations.num_failed} of "
                 f"{len(simulations)} simulations failed and are NaN; the first ({kind}): "
                 f"{message.strip().splitlines()[-1] if message else ''}",
                 stacklevel=2,
@@ -253,7 +266,7 @@ class SimulatorDistribution(TorchDistribution):
         x = simulations.x
         if self.x_shape is not None and x.shape[1:] != self.x_shape:
             raise ValueError(
-                f"SimulatorDistribution({_name(self.simulator)}): the simulator returned "
+                f"SimulatorDistribution({simulator_name(self.simulator)}): the simulator returned "
                 f"outputs of shape {tuple(x.shape[1:])}, expected {tuple(self.x_shape)}"
             )
         x = x.reshape(shape + x.shape[1:])
@@ -293,7 +306,7 @@ class SimulatorDistribution(TorchDistribution):
             or (self._drawn is not None and self._drawn() is value)
         ):
             raise ValueError(_latent_ratio_message(self))
-        name = _name(self.simulator)
+        name = simulator_name(self.simulator)
         value = _real_tensor(name, value)
         event_dim = len(estimator.x_shape)
         if value.dim() < event_dim or value.shape[value.dim() - event_dim :] != estimator.x_shape:
@@ -345,7 +358,7 @@ class _WithCondition:
         self.simulator = simulator
         self.theta_dim = theta_dim
         self.__wrapped__ = simulator  # inspect.signature sees its `seed` keyword
-        self.__name__ = _name(simulator)
+        self.__name__ = simulator_name(simulator)
         target = simulator if hasattr(simulator, "__qualname__") else type(simulator)
         self.__module__ = getattr(target, "__module__", "?")
         self.__qualname__ = target.__qualname__
@@ -431,7 +444,8 @@ def _check_context_dim(
 
 def _latent_ratio_message(fn: SimulatorDistribution) -> str:
     return (
-        f"SimulatorDistribution({_name(fn.simulator)}): the {type(fn.estimator).__name__} "
+        f"SimulatorDistribution({simulator_name(fn.simulator)}): the "
+        f"{type(fn.estimator).__name__} "
         "estimator gives log p(x | theta) - log p(x), which is not a density in x, so "
         "the simulator site cannot be latent; observe it with pyro.sample(..., obs=x_o)"
     )
@@ -508,7 +522,3 @@ def _non_finite_message(name: str, value: Tensor, shown: int = 5) -> str:
         "cannot evaluate them. Drop those trials, or replace them by any finite value and "
         "leave them out with poutine.mask(mask=...)"
     )
-
-
-def _name(simulator: Callable) -> str:
-    return getattr(simulator, "__name__", type(simulator).__name__)

@@ -44,9 +44,10 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from pyro_sbi._checks import as_count
+from pyro_sbi.conditional import EstimatorDistribution
+from pyro_sbi.estimator import BUFFERS, Estimator
 from pyro_sbi.fitting import History
-from pyro_sbi.nn import _BUFFERS, Estimator, EstimatorDistribution
-from pyro_sbi.simulation import _as_count
 
 
 class Ensemble(Estimator):
@@ -82,7 +83,7 @@ class Ensemble(Estimator):
         self, build: Callable[[], Estimator], size: int = 5, *, bootstrap: bool = False
     ) -> None:
         super().__init__()
-        size = _as_count(size, "Ensemble: size")
+        size = as_count(size, "Ensemble: size")
         self.bootstrap = bool(bootstrap)
         members = [build() for _ in range(size)]
         kinds = {type(member) for member in members}
@@ -104,7 +105,7 @@ class Ensemble(Estimator):
         # (set by their fit, or read back by load) start as copies of the ensemble's.
         for member in self.members:
             member.theta_dim, member.x_shape = self.theta_dim, self.x_shape
-            for name in _BUFFERS:
+            for name in BUFFERS:
                 setattr(member, name, getattr(self, name).clone())
             member._build()
 

@@ -33,6 +33,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from pyro_sbi import threads
+from pyro_sbi._checks import as_count
 
 
 @dataclass
@@ -93,7 +94,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     It is a `KeyboardInterrupt`, so a script still stops; but the estimator is not left
     half-updated: it holds the weights of the best epoch validated before the interrupt,
-    and an estimator's :meth:`~pyro_sbi.nn.Estimator.fit` marks it trained, so it can be
+    and an estimator's :meth:`~pyro_sbi.estimator.Estimator.fit` marks it trained, so it can be
     used or saved. An interrupt during the first epoch raises a plain
     `KeyboardInterrupt` and leaves the estimator untrained.
 
@@ -193,6 +194,9 @@ def fit(
     """
     if not 0.0 <= average < 1.0:
         raise ValueError(f"fit: average must be in [0, 1); got {average}")
+    max_epochs = as_count(max_epochs, "fit: max_epochs")
+    batch_size = as_count(batch_size, "fit: batch_size")
+    patience = as_count(patience, "fit: patience", minimum=0)
     with threads.num_threads(num_threads):
         return _fit(
             estimator, theta, x, learning_rate=learning_rate, batch_size=batch_size,

@@ -1,20 +1,14 @@
-r"""Inference helpers: start chains in every mode, and run many chains at once.
+r"""Many slice-sampling chains of a Pyro model at once.
 
-Pyro's MCMC runs one chain per process, and a NUTS chain started from one prior draw
-stays in the mode it finds first. Posteriors of simulator models are often multimodal
-(two_moons has 2 modes, SLCP 4), and a learned likelihood costs milliseconds per call
-however few points it is given. Two helpers fix both, and leave Pyro's API as it is:
-
-- :class:`init_to_sir` is a Pyro ``init_strategy``: it draws many candidates from the
-  model's prior, weights each by its likelihood (every observed site, learned or not)
-  and resamples (sampling-importance-resampling; Rubin 1988). Chains then start in
-  every mode, in proportion to the mass of the mode as far as the candidates see it.
-- :class:`SliceMCMC` runs many slice-sampling chains (Neal 2003) as one batch: every
-  call of the model's log density evaluates all chains at once, so a hundred chains
-  cost little more than one. It starts them with SIR, learns a step width per
-  direction and a linear whitening of the latent space during warm-up, and returns a
-  result with the interface of :class:`pyro.infer.MCMC` (``get_samples``,
-  ``summary``, ``diagnostics``) that :func:`pyro_sbi.to_inference_data` accepts.
+Pyro's MCMC runs one chain per process, and a learned likelihood costs milliseconds per
+call however few points it is given. :class:`SliceMCMC` runs many slice-sampling chains
+(Neal 2003) as one batch: every call of the model's log density
+(:class:`~pyro_sbi.density.ModelDensity`) evaluates all chains at once, so a hundred
+chains cost little more than one. It starts them in every mode with SIR
+(:mod:`pyro_sbi.sir`), learns a step width per direction and a linear whitening of the
+latent space during warm-up, and returns a result with the interface of
+:class:`pyro.infer.MCMC` (``get_samples``, ``summary``, ``diagnostics``) that
+:func:`pyro_sbi.to_inference_data` accepts.
 
 **Slice sampling along a direction.** At the current point :math:`z` with log density
 :math:`\ell(z)`, draw a level :math:`y = \ell(z) - E` with :math:`E \sim
@@ -38,262 +32,29 @@ needs no gradients, finds the modes, and spends one batched call on all chains.
 
 References:
     | Slice sampling (Neal, 2003) https://doi.org/10.1214/aos/1056562461
-    | Using the SIR algorithm to simulate posterior distributions (Rubin, 1988)
     | Benchmarking Simulation-Based Inference (Lueckmann et al., 2021)
     | https://arxiv.org/abs/2101.04653
 """
 
 from __future__ import annotations
 
-__all__ = ["SliceMCMC", "init_to_sir"]
+__all__ = ["SliceMCMC"]
 
 import contextlib
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import torch
-from pyro.distributions.transforms import biject_to
 from pyro.infer.mcmc.util import diagnostics as _diagnostics
 from pyro.infer.mcmc.util import print_summary
-from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from pyro_sbi import threads
-from pyro_sbi.distribution import refuse_latent_ratio
-from pyro_sbi.runner import ModelRunner, model_keywords, sample_sites
-
-
-@dataclass(frozen=True)
-class _Latent:
-    name: str
-    shape: torch.Size  # constrained value, as in an ordinary run of the model
-    transform: torch.distributions.Transform
-    free_shape: torch.Size  # unconstrained value
-    batch_dims: int  # batch dims of the site's distribution
-
-    @property
-    def size(self) -> int:
-        return math.prod(self.free_shape)
-
-
-class _Density:
-    """The log joint density of a model at many points of its latent space in one call.
-
-    Points are rows `z (n, D)` of the unconstrained latent space (every latent site
-    mapped through `biject_to(support)` and flattened). The model runs once under an
-    extra plate of `n` draws, left of all its own plates; a model that cannot take such
-    a plate (fixed `expand` shapes, Python control flow on values) runs once per point.
-    """
-
-    def __init__(self, model: Callable, args: tuple, kwargs: dict) -> None:
-        self.model, self.args, self.kwargs = model, args, kwargs
-        self.runner = ModelRunner(model, args, kwargs)
-        trace = prune_subsample_sites(self.runner.base)
-        self.latents: list[_Latent] = []
-        self.observed: list[str] = []
-        for name, site in sample_sites(trace):
-            fn, value = site["fn"], site["value"]
-            if site["is_observed"]:
-                self.observed.append(name)
-                continue
-            refuse_latent_ratio(fn, name)
-            if fn.support.is_discrete:
-                raise ValueError(
-                    f"site {name!r} is a discrete latent variable; slice sampling and SIR "
-                    "here need continuous latent sites (marginalise it out, or use Pyro's "
-                    "enumeration with NUTS)"
-                )
-            transform = biject_to(fn.support)
-            free = transform.inv(value)
-            self.latents.append(
-                _Latent(name, value.shape, transform, free.shape, len(fn.batch_shape))
-            )
-        if not self.latents:
-            raise ValueError("the model has no latent sample sites to infer")
-        self.nesting = self.runner.nesting
-        self.dim = sum(latent.size for latent in self.latents)
-
-    # unconstrained <-> constrained
-    def constrain(self, z: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """Constrained values `{name: (n, *shape)}` and `log |det J| (n,)` at `z (n, D)`."""
-        n, start = z.shape[0], 0
-        values, log_det = {}, torch.zeros(n, dtype=z.dtype)
-        for latent in self.latents:
-            free = z[:, start : start + latent.size].reshape(n, *latent.free_shape)
-            start += latent.size
-            value = latent.transform(free)
-            ladj = latent.transform.log_abs_det_jacobian(free, value)
-            log_det = log_det + ladj.reshape(n, -1).sum(-1)
-            values[latent.name] = value
-        return values, log_det
-
-    def unconstrain(self, values: dict[str, Tensor]) -> Tensor:
-        """`z (n, D)` from constrained values `{name: (n, *shape)}`."""
-        parts = []
-        for latent in self.latents:
-            value = values[latent.name]
-            parts.append(latent.transform.inv(value).reshape(value.shape[0], -1))
-        return torch.cat(parts, -1)
-
-    def __call__(self, z: Tensor) -> Tensor:
-        """Log joint density `(n,)` at unconstrained points `z (n, D)`.
-
-        The Jacobian of the transforms is included; `-inf` where the density is not finite.
-        """
-        values, log_det = self.constrain(z)
-        log_joint = self.run(values, z.shape[0])[0] + log_det
-        return torch.nan_to_num(log_joint, nan=-math.inf, posinf=-math.inf)
-
-    @property
-    def vectorize(self) -> bool:
-        """Whether the model still runs vectorised over many points."""
-        return self.runner.vectorize
-
-    @vectorize.setter
-    def vectorize(self, value: bool) -> None:
-        self.runner.vectorize = value
-
-    def run(self, values: dict[str, Tensor] | None, n: int) -> tuple[Tensor, Tensor, dict]:
-        """Runs the model `n` times at once, conditioned on `values`.
-
-        With `values=None` the latent sites are drawn from their priors. Returns the log
-        joint `(n,)`, the log-likelihood of the observed sites `(n,)` and the latent
-        values `{name: (n, *shape)}`.
-        """
-        runs, _ = self.runner.run(values, n, read=self._read, log_prob=True)
-        return (
-            torch.cat([run[0] for run in runs]),
-            torch.cat([run[1] for run in runs]),
-            {
-                latent.name: torch.cat([run[2][latent.name] for run in runs])
-                for latent in self.latents
-            },
-        )
-
-    def _read(self, trace, n, vectorized) -> tuple[Tensor, Tensor, dict]:
-        """The log joint `(n,)`, the log-likelihood `(n,)` and the latent values of a trace."""
-        log_joint = torch.zeros(n)
-        log_lik = torch.zeros(n)
-        for _, site in sample_sites(trace):
-            log_p = site["log_prob"]
-            if vectorized and log_p.dim() > self.nesting:
-                log_p = log_p.reshape(*log_p.shape[: log_p.dim() - self.nesting], -1).sum(-1)
-                log_p = log_p.reshape(-1).expand(n) if log_p.numel() == 1 else log_p.reshape(n)
-            else:
-                log_p = log_p.sum().expand(n)
-            log_joint = log_joint + log_p
-            if site["is_observed"]:
-                log_lik = log_lik + log_p
-        drawn = {}
-        for latent in self.latents:
-            value = trace.nodes[latent.name]["value"]
-            drawn[latent.name] = value.reshape(n, *latent.shape) if vectorized else value[None]
-        return log_joint, log_lik, drawn
-
-
-def _sir(
-    density: _Density, num_candidates: int, num_draws: int, *, min_ess: float = 0.0,
-    max_candidates: int | None = None, chunk: int = 10_000,
-) -> tuple[dict[str, Tensor], float]:  # fmt: skip
-    """Sampling-importance-resampling from the prior.
-
-    Draws `num_candidates` prior draws, weights them by their likelihood and, while the
-    effective sample size of the weights is below `min_ess`, doubles the number of
-    candidates up to `max_candidates`. Returns `num_draws` latent values `{name:
-    (num_draws, *shape)}` resampled by weight, and the effective sample size.
-    """
-    max_candidates = max(max_candidates or num_candidates, num_candidates)
-    log_w = torch.empty(0)
-    kept: dict[str, Tensor] = {}
-    total, target = 0, num_candidates
-    while True:
-        while total < target:
-            size = min(chunk, target - total)
-            _, log_lik, values = density.run(None, size)
-            total += size
-            log_lik = torch.nan_to_num(log_lik, nan=-math.inf, posinf=-math.inf)
-            log_w = torch.cat([log_w, log_lik])
-            kept = {k: torch.cat([kept[k], v]) if kept else v for k, v in values.items()}
-            keep = log_w > log_w.max() - 50.0  # the rest weigh less than e^-50 each
-            if not bool(keep.all()) and torch.isfinite(log_w.max()):
-                log_w, kept = log_w[keep], {k: v[keep] for k, v in kept.items()}
-        if not torch.isfinite(log_w).any():
-            raise ValueError(
-                f"all {total} prior draws have zero likelihood: the observations are "
-                "impossible under the model as far as the candidates see; check the data, "
-                "or draw more candidates"
-            )
-        weights = torch.softmax(log_w, 0)
-        ess = float(1.0 / (weights**2).sum())
-        if ess >= min_ess or total >= max_candidates or not density.vectorize:
-            break
-        target = min(2 * total, max_candidates)
-    index = torch.multinomial(weights, num_draws, replacement=True)
-    return {name: value[index] for name, value in kept.items()}, ess
-
-
-class init_to_sir:  # noqa: N801 -- named like Pyro's init_to_* strategies
-    """A Pyro ``init_strategy`` that starts chains at sampling-importance-resampling draws.
-
-    `num_candidates` prior draws of the latent sites are weighted by the likelihood of
-    the observed sites (learned or tractable) and resampled.
-
-    Each run of the model under the strategy (one per chain, or per retry) gets the
-    next resampled draw, so the chains of ``MCMC(NUTS(model, init_strategy=...),
-    num_chains=4)`` start in different modes, in proportion to their mass.
-
-    Arguments:
-        model: the Pyro model, called as ``model(*args, **kwargs)``; observed sites
-            carry their data (``obs=``) in these arguments.
-        args, kwargs: the model's arguments.
-        num_candidates: prior draws to weight. More find narrow modes more surely; the
-            cost is one batched run of the model per 1,000 candidates.
-        num_draws: resampled starting points kept (one is used per model run).
-        model_kwargs: keyword arguments of the model under any name, also
-            `num_candidates` or `num_draws`.
-
-    Example:
-        >>> import pyro
-        >>> import pyro.distributions as dist
-        >>> from pyro.infer import MCMC, NUTS
-        >>> def model(y):
-        ...     mu = pyro.sample("mu", dist.Normal(0.0, 3.0))
-        ...     pyro.sample("y", dist.Normal(mu.abs(), 0.1), obs=y)  # modes at +1 and -1
-        >>> init = init_to_sir(model, torch.tensor(1.0), num_candidates=1000)
-        >>> starts = torch.stack([init({"name": "mu"}) for _ in range(200)])
-        >>> bool(((starts.abs() - 1).abs() < 0.5).all())  # near a mode
-        True
-        >>> bool((starts > 0).any() and (starts < 0).any())  # both modes
-        True
-    """
-
-    def __init__(
-        self, model: Callable, *args, num_candidates: int = 10_000, num_draws: int = 1000,
-        model_kwargs: Mapping | None = None, **kwargs,
-    ) -> None:  # fmt: skip
-        self.model, self.args = model, args
-        self.kwargs = model_keywords(kwargs, model_kwargs)
-        self.num_candidates, self.num_draws = num_candidates, num_draws
-        self._draws: dict[str, Tensor] | None = None
-        self._next, self._used = 0, set()
-
-    def __call__(self, site) -> Tensor:
-        """The starting value of `site` (a Pyro message) in the current run of the model."""
-        if self._draws is None:
-            density = _Density(self.model, self.args, self.kwargs)
-            self._draws, self.ess = _sir(density, self.num_candidates, self.num_draws)
-            self._next = -1
-        name = site["name"]
-        if name in self._used or self._next < 0:  # a new run of the model
-            self._next = (self._next + 1) % self.num_draws
-            self._used = set()
-        self._used.add(name)
-        if name in self._draws:
-            return self._draws[name][self._next].clone()
-        return site["fn"].sample().detach()  # a site that appeared after the first run
+from pyro_sbi._checks import as_count
+from pyro_sbi.density import ModelDensity
+from pyro_sbi.sir import sir
 
 
 class SliceMCMC:
@@ -301,7 +62,7 @@ class SliceMCMC:
 
     All chains advance together, so each evaluation of the model's log density (a
     learned likelihood included) is one batched call over all chains. Chains start at
-    SIR draws (:class:`init_to_sir`), so every mode found by `num_candidates` prior
+    SIR draws (:class:`~pyro_sbi.sir.init_to_sir`), so every mode found by `num_candidates` prior
     draws gets chains in proportion to its mass. See the module docstring for the
     algorithm and for when to prefer NUTS.
 
@@ -370,12 +131,10 @@ class SliceMCMC:
         num_threads: int | None = None,
         progress: bool = True,
     ) -> None:
-        if num_samples < 1 or num_chains < 1 or thin < 1 or warmup_steps < 0:
-            raise ValueError(
-                "num_samples, num_chains and thin must be positive and warmup_steps "
-                f"non-negative; got num_samples={num_samples}, num_chains={num_chains}, "
-                f"thin={thin}, warmup_steps={warmup_steps}"
-            )
+        num_samples = as_count(num_samples, "SliceMCMC: num_samples")
+        num_chains = as_count(num_chains, "SliceMCMC: num_chains")
+        thin = as_count(thin, "SliceMCMC: thin")
+        warmup_steps = as_count(warmup_steps, "SliceMCMC: warmup_steps", minimum=0)
         self.model = model
         self.num_samples, self.warmup_steps = num_samples, warmup_steps
         self.num_chains = num_chains
@@ -405,14 +164,14 @@ class SliceMCMC:
 
     def _run(self, args, kwargs) -> None:
         start = time.perf_counter()
-        density = _Density(self.model, args, kwargs)
+        density = ModelDensity(self.model, args, kwargs)
         self.evaluations = 0
 
         def log_density(z: Tensor) -> Tensor:
             self.evaluations += z.shape[0]
             return density(z)
 
-        values, self.ess = _sir(
+        values, self.ess = sir(
             density, self.num_candidates, self.num_chains, min_ess=self.min_ess,
             max_candidates=self.max_candidates,
         )  # fmt: skip

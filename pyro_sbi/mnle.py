@@ -61,16 +61,9 @@ import zuko
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from pyro_sbi.nn import (
-    Estimator,
-    EstimatorDistribution,
-    ResidualMLP,
-    activation_by_name,
-    distinct,
-    flow_by_name,
-    flow_name,
-    validation_off,
-)
+from pyro_sbi.conditional import EstimatorDistribution
+from pyro_sbi.estimator import Estimator, distinct, validation_off
+from pyro_sbi.networks import ResidualMLP, activation_by_name, flow_by_name, flow_name
 
 MAX_CATEGORIES = 4096
 PER_CATEGORY_MAX = 16  # the most joint categories for which the flow is conditioned per (θ, c)
@@ -340,7 +333,7 @@ class MNLE(Estimator):
         r""":math:`\log q(c \mid \theta) + \log q(s_z \mid c, \theta)` on standardised inputs.
 
         Whatever depends on `theta` alone runs once per distinct `theta` (a `theta`
-        shared by a plate of trials is a stride-0 view, see :func:`~pyro_sbi.nn.distinct`):
+        shared by a plate of trials is a stride-0 view, see :func:`~pyro_sbi.estimator.distinct`):
         the discrete head always, and, for one continuous column, the flow's networks,
         whose context is `(theta, c)` with few distinct values (see
         :meth:`_log_r_per_category`).

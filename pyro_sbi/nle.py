@@ -49,13 +49,9 @@ import zuko
 from torch import Size, Tensor
 from torch.distributions import Distribution
 
-from pyro_sbi.nn import (
-    Estimator,
-    EstimatorDistribution,
-    flow_by_name,
-    flow_name,
-    validation_off,
-)
+from pyro_sbi.conditional import EstimatorDistribution
+from pyro_sbi.estimator import Estimator, validation_off
+from pyro_sbi.networks import flow_by_name, flow_name
 
 
 class NLE(Estimator):

@@ -106,7 +106,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name, distinct
+from pyro_sbi.estimator import Estimator, distinct
+from pyro_sbi.networks import ResidualMLP, activation_by_name
 
 _VARIANTS = ("A", "B", "C")
 

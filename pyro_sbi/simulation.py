@@ -72,16 +72,9 @@ __all__ = [
     "simulate",
 ]
 
-import contextlib
 import inspect
 import math
-import numbers
-import operator
-import random
-import signal
-import threading
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -93,67 +86,22 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyro_sbi import threads
+from pyro_sbi._checks import as_count
 from pyro_sbi.seeds import derive
-
-OK, NONFINITE, ERROR, TIMEOUT = 0, 1, 2, 3
-FAILURE_KINDS = {NONFINITE: "nonfinite", ERROR: "error", TIMEOUT: "timeout"}
-_MESSAGE_LIMIT = 4000
-
-
-def _as_count(value: object, name: str, *, minimum: int = 1) -> int:
-    """A count argument as an `int`: an integer, or a float with an integral value.
-
-    Scientists write budgets as `1e4`; it becomes `10000`. A non-integral or
-    non-finite float, a string, a bool or a count below `minimum` is refused.
-
-    Arguments:
-        value: the count as given.
-        name: the function and argument, for the message (e.g. `"train: num_simulations"`).
-        minimum: the smallest count allowed.
-
-    Returns:
-        The count.
-
-    Raises:
-        TypeError: `value` is not a number (a bool counts as none).
-        ValueError: `value` is not a whole number, or is below `minimum`.
-
-    Example:
-        >>> _as_count(1e4, "train: num_simulations", minimum=2)
-        10000
-    """
-    expected = f"{name} must be a whole number >= {minimum}"
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{expected} (such as 1000 or 1e3); got {value!r} of type {type(value).__name__}"
-        )
-    try:
-        count = operator.index(value)
-    except TypeError:  # a float: only an integral value is a count
-        if not float(value).is_integer():
-            raise ValueError(
-                f"{expected}; got {value!r}, which is not a whole number: pass an integer"
-            ) from None
-        count = int(value)
-    if count < minimum:
-        raise ValueError(f"{expected}; got {value!r}")
-    return count
+from pyro_sbi.simulation_worker import (
+    ERROR,
+    FAILURE_KINDS,
+    NONFINITE,
+    OK,
+    TIMEOUT,
+    SimulatorContractError,
+    run_batch,
+    simulator_name,
+)
 
 
 class SimulationError(RuntimeError):
     """Raised when more simulations failed than `max_failure_fraction` allows."""
-
-
-class _SimulatorContractError(ValueError):
-    """The simulator broke its contract (output shape): a bug to fix, not a failure."""
-
-
-class _Timeout(BaseException):
-    """Raised inside a simulator call that ran out of time.
-
-    A `BaseException`, so that a simulator's own `except Exception` does not swallow it.
-    """
 
 
 @dataclass
@@ -287,124 +235,151 @@ def simulate(
     if theta.dim() != 2:
         raise ValueError(f"simulate expects theta of shape (n, D); got {tuple(theta.shape)}")
     if batch_size is not None:
-        batch_size = _as_count(batch_size, "simulate: batch_size")
+        batch_size = as_count(batch_size, "simulate: batch_size")
     if not 0.0 <= max_failure_fraction <= 1.0:
         raise ValueError(f"max_failure_fraction must lie in [0, 1]; got {max_failure_fraction}")
     if timeout is not None and timeout <= 0:
         raise ValueError(f"timeout must be a positive number of seconds; got {timeout}")
-    n = len(theta)
-    name = _name(simulator)
-    seeded = seed is not None or executor is not None or store is not None
-    if seeded and seed is None and store is None:
-        seed = int(torch.randint(2**62, ()))
-
-    stored = None
-    if store is not None:
-        from pyro_sbi.store import SimulationStore
-
-        stored = SimulationStore.open(
-            store, simulator=simulator, theta=theta, seed=seed, batch_size=batch_size,
-            default_batch_size=_default_batch_size(n, batched, seeded=True),
-            batched=batched,
-        )  # fmt: skip
-        seed, batch_size = stored.seed, stored.batch_size
-    elif batch_size is None:
-        batch_size = _default_batch_size(n, batched, seeded=seeded)
-
-    status = torch.full((n,), -1, dtype=torch.int8)
-    seeds = torch.full((n,), -1, dtype=torch.int64)
-    messages: dict[int, str] = {}
-    x: Tensor | None = None
-    x_source = None  # where the shape of x was first seen, for messages
-    if stored is not None:
-        x, status, seeds, messages = stored.read(n)
-        x_source = f"the rows in the store {stored.where}"
-    kept = x is not None  # the shape of x comes from the store
-    if stored is None:
-        ranges = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    else:
-        ranges = _pending_ranges(status, batch_size)
-    if not ranges and x is None:
-        x = torch.empty(n, 0)  # nothing to simulate (n = 0)
-
-    pass_seed = _takes_seed(simulator)
-    row_seeds = (
-        {} if not seeded else {start: _seeds(seed, start, stop, batched) for start, stop in ranges}
-    )
-    for start, stop in ranges if seeded else ():
-        seeds[start:stop] = torch.from_numpy(row_seeds[start])
-    if stored is not None and ranges:
-        stored.plan(seeds)
-    tasks = (
-        (start, stop, theta[start:stop].numpy().copy(), row_seeds.get(start), timeout)
-        for start, stop in ranges
-    )
-    num_failed, done, first_error = 0, 0, None
-    if stored is not None:
-        num_failed = int(((status != OK) & (status >= 0)).sum())
-        done = int((status >= 0).sum())
-        first_error = _first_error(messages, status)
-    bar = tqdm(
-        total=n, initial=done, desc=f"simulating {name}", unit="sim", disable=not progress,
-        smoothing=0.1,
+    run = _Run(simulator, theta, batch_size, batched, executor, seed, store)
+    batches = _run(
+        simulator, run.tasks(timeout), executor, batched=batched, numpy=numpy,
+        pass_seed=_takes_seed(simulator),
     )  # fmt: skip
-    bar.set_postfix(failed=num_failed)
-    batches = _run(simulator, tasks, executor, batched=batched, numpy=numpy, pass_seed=pass_seed)
+    bar = tqdm(
+        total=run.n, initial=run.done, desc=f"simulating {run.name}", unit="sim",
+        disable=not progress, smoothing=0.1,
+    )  # fmt: skip
+    bar.set_postfix(failed=run.num_failed)
     try:
-        for start, stop, result in _resumable(batches, name, status, stored):
-            batch_x, batch_status, batch_messages, retried = result
-            if retried is not None:  # a failed batched call was rerun row by row
-                seeds[start:stop] = torch.from_numpy(retried)
-            fresh = x is None
-            if batch_x is not None and x is None:
-                x_source = f"rows {start}:{stop}"
-                if stop - start == n:  # one batch: keep its array
-                    x = torch.from_numpy(batch_x)
-                else:
-                    x = torch.full((n, *batch_x.shape[1:]), math.nan, dtype=_torch_dtype())
-            if batch_x is not None and not (fresh and stop - start == n):
-                if tuple(batch_x.shape[1:]) != tuple(x.shape[1:]):
-                    raise ValueError(
-                        f"simulator {name} returned outputs of different shapes: x of shape "
-                        f"{tuple(x.shape[1:])} per row for {x_source}, but "
-                        f"{tuple(batch_x.shape[1:])} for rows {start}:{stop}; it must return "
-                        "the same x_shape for every theta"
-                        + (". Use another store path for another simulator" if kept else "")
-                    )
-                x[start:stop] = torch.as_tensor(batch_x)
-            status[start:stop] = torch.as_tensor(batch_status)
-            for row, message in batch_messages.items():
-                messages[start + row] = message
-                if batch_status[row] == ERROR and (first_error is None or first_error[0] != ERROR):
-                    first_error = (ERROR, message)
-                first_error = first_error or (int(batch_status[row]), message)
-            if stored is not None:
-                retried_seeds = None if retried is None else seeds[start:stop]
-                stored.write(start, stop, batch_x, batch_status, batch_messages, retried_seeds)
-            failed_here = int(np.count_nonzero(batch_status))  # OK is 0
-            num_failed += failed_here
+        for start, stop, result in _resumable(batches, run.name, run.status, run.stored):
+            failed_here = run.add(start, stop, result)
             bar.update(stop - start)
             if failed_here:
-                bar.set_postfix(failed=num_failed)
-            if num_failed > max_failure_fraction * n:
+                bar.set_postfix(failed=run.num_failed)
+            if run.num_failed > max_failure_fraction * run.n:
                 raise SimulationError(
-                    _too_many(name, num_failed, n, max_failure_fraction, first_error)
+                    _too_many(
+                        run.name, run.num_failed, run.n, max_failure_fraction, run.first_error
+                    )  # fmt: skip
                 )
     finally:
         bar.close()
-    if x is None:  # nothing succeeded: the output shape is unknown
-        message = f"all {n} simulations of {name} failed"
-        if first_error is not None:
-            what = "exception" if first_error[0] == ERROR else "failure"
-            message += f". The first {what}:\n{first_error[1]}"
-        raise SimulationError(message)
-    result = Simulations(
-        theta, x.to(torch.get_default_dtype()), status, seeds, messages,
-        time.perf_counter() - start_time,
-    )  # fmt: skip
+    result = run.result(time.perf_counter() - start_time)
     if progress:
-        print(f"{name}: {result}")
+        print(f"{run.name}: {result}")
     return result
+
+
+class _Run:
+    """The state of one :func:`simulate` call: its plan, then the batches as they come.
+
+    Planning fixes the root seed and the batch size (the store's, when resuming), reads
+    what a store holds already, and cuts the rows still missing into batches with one
+    seed each; :meth:`add` puts a finished batch in place (and in the store).
+    """
+
+    def __init__(self, simulator, theta, batch_size, batched, executor, seed, store) -> None:
+        n = self.n = len(theta)
+        self.theta, self.name = theta, simulator_name(simulator)
+        self.seeded = seed is not None or executor is not None or store is not None
+        if self.seeded and seed is None and store is None:
+            seed = int(torch.randint(2**62, ()))
+        self.stored = None
+        if store is not None:
+            from pyro_sbi.store import SimulationStore
+
+            self.stored = SimulationStore.open(
+                store, simulator=simulator, theta=theta, seed=seed, batch_size=batch_size,
+                default_batch_size=_default_batch_size(n, batched, seeded=True),
+                batched=batched,
+            )  # fmt: skip
+            seed, batch_size = self.stored.seed, self.stored.batch_size
+        elif batch_size is None:
+            batch_size = _default_batch_size(n, batched, seeded=self.seeded)
+
+        self.status = torch.full((n,), -1, dtype=torch.int8)
+        self.seeds = torch.full((n,), -1, dtype=torch.int64)
+        self.messages: dict[int, str] = {}
+        self.x: Tensor | None = None
+        self.x_source = None  # where the shape of x was first seen, for messages
+        self.num_failed, self.done, self.first_error = 0, 0, None
+        if self.stored is None:
+            self.ranges = [
+                (start, min(start + batch_size, n)) for start in range(0, n, batch_size)
+            ]
+        else:
+            self.x, self.status, self.seeds, self.messages = self.stored.read(n)
+            self.x_source = f"the rows in the store {self.stored.where}"
+            self.ranges = _pending_ranges(self.status, batch_size)
+            self.num_failed = int(((self.status != OK) & (self.status >= 0)).sum())
+            self.done = int((self.status >= 0).sum())
+            self.first_error = _first_error(self.messages, self.status)
+        self.kept = self.x is not None  # the shape of x comes from the store
+        if not self.ranges and self.x is None:
+            self.x = torch.empty(n, 0)  # nothing to simulate (n = 0)
+        self.row_seeds = {}
+        if self.seeded:
+            for start, stop in self.ranges:
+                self.row_seeds[start] = _seeds(seed, start, stop, batched)
+                self.seeds[start:stop] = torch.from_numpy(self.row_seeds[start])
+        if self.stored is not None and self.ranges:
+            self.stored.plan(self.seeds)
+
+    def tasks(self, timeout: float | None) -> Iterator[tuple]:
+        """`(start, stop, theta rows, seeds, timeout)` per batch still to simulate."""
+        for start, stop in self.ranges:
+            rows = self.theta[start:stop].numpy().copy()
+            yield start, stop, rows, self.row_seeds.get(start), timeout
+
+    def add(self, start: int, stop: int, result: tuple) -> int:
+        """Puts the finished batch `start:stop` in place; returns its number of failures."""
+        batch_x, batch_status, batch_messages, retried = result
+        if retried is not None:  # a failed batched call was rerun row by row
+            self.seeds[start:stop] = torch.from_numpy(retried)
+        if batch_x is not None:
+            self._place(start, stop, batch_x)
+        self.status[start:stop] = torch.as_tensor(batch_status)
+        for row, message in batch_messages.items():
+            self.messages[start + row] = message
+            error = self.first_error
+            if batch_status[row] == ERROR and (error is None or error[0] != ERROR):
+                self.first_error = (ERROR, message)
+            self.first_error = self.first_error or (int(batch_status[row]), message)
+        if self.stored is not None:
+            retried_seeds = None if retried is None else self.seeds[start:stop]
+            self.stored.write(start, stop, batch_x, batch_status, batch_messages, retried_seeds)
+        failed = int(np.count_nonzero(batch_status))  # OK is 0
+        self.num_failed += failed
+        return failed
+
+    def _place(self, start: int, stop: int, batch_x: np.ndarray) -> None:
+        if self.x is None:
+            self.x_source = f"rows {start}:{stop}"
+            if stop - start == self.n:  # one batch: keep its array
+                self.x = torch.from_numpy(batch_x)
+                return
+            shape = (self.n, *batch_x.shape[1:])
+            self.x = torch.full(shape, math.nan, dtype=torch.get_default_dtype())
+        if tuple(batch_x.shape[1:]) != tuple(self.x.shape[1:]):
+            raise ValueError(
+                f"simulator {self.name} returned outputs of different shapes: x of shape "
+                f"{tuple(self.x.shape[1:])} per row for {self.x_source}, but "
+                f"{tuple(batch_x.shape[1:])} for rows {start}:{stop}; it must return "
+                "the same x_shape for every theta"
+                + (". Use another store path for another simulator" if self.kept else "")
+            )
+        self.x[start:stop] = torch.as_tensor(batch_x)
+
+    def result(self, seconds: float) -> Simulations:
+        """The finished :class:`Simulations`, or a SimulationError when none succeeded."""
+        if self.x is None:  # nothing succeeded: the output shape is unknown
+            message = f"all {self.n} simulations of {self.name} failed"
+            if self.first_error is not None:
+                what = "exception" if self.first_error[0] == ERROR else "failure"
+                message += f". The first {what}:\n{self.first_error[1]}"
+            raise SimulationError(message)
+        x = self.x.to(torch.get_default_dtype())
+        return Simulations(self.theta, x, self.status, self.seeds, self.messages, seconds)
 
 
 def _resumable(batches: Iterator, name: str, status: Tensor, stored) -> Iterator:
@@ -482,13 +457,13 @@ def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tupl
     options["dtype"] = str(torch.get_default_dtype()).removeprefix("torch.")
     if executor is None:
         for start, stop, theta, seeds, timeout in tasks:
-            yield start, stop, _run_batch(simulator, theta, seeds, timeout, **options)
+            yield start, stop, run_batch(simulator, theta, seeds, timeout, **options)
         return
     futures = {}
     try:
         for start, stop, theta, seeds, timeout in tasks:
             try:
-                future = executor.submit(_run_batch, simulator, theta, seeds, timeout, **options)
+                future = executor.submit(run_batch, simulator, theta, seeds, timeout, **options)
             except Exception as error:  # a broken pool, or Dask pickling the task at once
                 raise _ExecutorFailure(error) from error
             futures[future] = (start, stop)
@@ -500,7 +475,7 @@ def _run(simulator, tasks, executor, **options) -> Iterator[tuple[int, int, tupl
             except BaseException as error:
                 for other in [other for other in waiting if _succeeded(other)]:
                     yield (*waiting.pop(other), other.result())
-                if isinstance(error, Exception) and not isinstance(error, _SimulatorContractError):
+                if isinstance(error, Exception) and not isinstance(error, SimulatorContractError):
                     raise _ExecutorFailure(error) from error
                 raise
             yield start, stop, result
@@ -553,239 +528,3 @@ def _row_runs(mask: Tensor, limit: int = 10) -> str:
     edges = np.flatnonzero(flags[1:] != flags[:-1]).reshape(-1, 2)
     runs = [f"{start}:{stop}" for start, stop in edges[:limit].tolist()]
     return ", ".join(runs) + (f" and {len(edges) - limit} more runs" if len(edges) > limit else "")
-
-
-def _run_batch(
-    simulator: Callable,
-    theta: np.ndarray,
-    seeds: np.ndarray | None,
-    timeout: float | None,
-    *,
-    batched: bool,
-    numpy: bool,
-    pass_seed: bool,
-    dtype: str,
-) -> tuple[np.ndarray | None, np.ndarray, dict[int, str], np.ndarray | None]:
-    """Simulates `theta (b, D)`; returns `x (b, *x_shape)` or None, status `(b,)`, messages.
-
-    Runs wherever the executor puts it, so it takes and returns numpy arrays only. The
-    last element gives the seeds used when a failed batched call was rerun row by row.
-    In a forked worker it runs with one torch thread (:func:`pyro_sbi.threads.fork_safe`).
-    """
-    with threads.fork_safe():
-        return _simulate_batch(simulator, theta, seeds, timeout, batched=batched,
-                               numpy=numpy, pass_seed=pass_seed, dtype=dtype)  # fmt: skip
-
-
-def _simulate_batch(simulator, theta, seeds, timeout, *, batched, numpy, pass_seed, dtype):
-    dtype = np.dtype(dtype)
-    retried = None
-    b = len(theta)
-    status = np.full(b, OK, dtype=np.int8)
-    messages: dict[int, str] = {}
-    outputs: list[np.ndarray | None] = [None] * b
-
-    def call(rows: np.ndarray, seed: int | None, single: bool) -> np.ndarray:
-        arg = rows[0] if single else rows
-        arg = arg if numpy else torch.from_numpy(arg)
-        kwargs = {"seed": seed} if pass_seed and seed is not None else {}
-        with _seeded(seed):
-            out = _with_timeout(lambda: simulator(arg, **kwargs), timeout)
-        out = _as_array(out, simulator, rows.shape[1:] if single else rows.shape, single)
-        if single:
-            return out[None]
-        if out.ndim == 0 or out.shape[0] != len(rows):
-            raise _SimulatorContractError(
-                f"batched simulator {_name(simulator)} returned shape {tuple(out.shape)} for "
-                f"theta of shape {tuple(rows.shape)}; it must return (n, *x_shape) with "
-                f"n = {len(rows)}. Pass batched=False for a simulator that takes one parameter "
-                "vector at a time."
-            )
-        return out
-
-    def rows_one_by_one(rows: range, seed_of) -> None:
-        for row in rows:
-            try:
-                outputs[row] = call(theta[row : row + 1], seed_of(row), single=not batched)[0]
-            except _Timeout:
-                status[row], messages[row] = TIMEOUT, f"timed out after {timeout} s"
-            except _SimulatorContractError:
-                raise
-            except Exception:
-                status[row], messages[row] = ERROR, _format_exception()
-
-    if batched:
-        seed = None if seeds is None else int(seeds[0])
-        try:
-            return (*_checked(call(theta, seed, single=False), status, messages, dtype), None)
-        except _Timeout:
-            status[:] = TIMEOUT
-            messages.update(dict.fromkeys(range(b), f"batch timed out after {timeout} s"))
-        except _SimulatorContractError:
-            raise
-        except Exception:  # find the rows that fail, each seeded on its own
-            if b == 1:
-                status[0], messages[0] = ERROR, _format_exception()
-            else:
-                retry = None if seed is None else [derive(seed, row) for row in range(b)]
-                rows_one_by_one(range(b), lambda row: None if retry is None else retry[row])
-                if retry is not None:
-                    retried = np.array(retry, np.int64)
-    else:
-        rows_one_by_one(range(b), lambda row: None if seeds is None else int(seeds[row]))
-
-    shapes = {out.shape for out in outputs if out is not None}
-    if len(shapes) > 1:
-        present = [(row, out.shape) for row, out in enumerate(outputs) if out is not None]
-        (a, first), (b, second) = present[0], next(p for p in present if p[1] != present[0][1])
-        raise _SimulatorContractError(
-            f"simulator {_name(simulator)} returned outputs of different shapes: x of shape "
-            f"{first} for theta {theta[a].tolist()} and {second} for theta {theta[b].tolist()}; "
-            "it must return the same x_shape for every theta"
-        )
-    if not shapes:
-        return None, status, messages, retried
-    x = np.full((b, *shapes.pop()), np.nan, dtype=dtype)
-    for row, out in enumerate(outputs):
-        if out is not None:
-            x[row] = out
-    return (*_checked(x, status, messages, dtype), retried)
-
-
-def _checked(x: np.ndarray, status: np.ndarray, messages: dict[int, str], dtype) -> tuple:
-    """Marks rows of `x (b, *x_shape)` holding NaN or inf as failed (status still OK)."""
-    x = x.astype(dtype, copy=False)
-    if np.isfinite(x).all():  # the common case, without a reduction per row
-        return x, status, messages
-    bad = ~np.isfinite(x.reshape(len(x), -1)).all(1) & (status == OK)
-    if bad.any():
-        x = x.copy()  # never write into the simulator's own array
-        x[bad] = np.nan
-        status[bad] = NONFINITE
-        messages.update(
-            dict.fromkeys(np.flatnonzero(bad).tolist(), "the output contains NaN or inf")
-        )
-    return x, status, messages
-
-
-def _torch_dtype() -> torch.dtype:
-    return torch.get_default_dtype()
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None) -> Iterator[None]:
-    """Seeds torch's (CPU, and CUDA once initialised), numpy's and Python's global generators.
-
-    Their states are restored afterwards.
-    """
-    if seed is None:
-        yield
-        return
-    generator = torch.default_generator
-    states = generator.get_state(), np.random.get_state(), random.getstate()
-    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-    cuda_states = torch.cuda.get_rng_state_all() if cuda else None
-    generator.manual_seed(seed)  # torch.manual_seed would also visit every lazy device
-    if cuda:
-        torch.cuda.manual_seed_all(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    try:
-        yield
-    finally:
-        generator.set_state(states[0])
-        np.random.set_state(states[1])
-        random.setstate(states[2])
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda_states)
-
-
-def _with_timeout(function: Callable, timeout: float | None):
-    if timeout is None:
-        return function()
-    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
-
-        def expire(signum, frame):
-            raise _Timeout
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        outer, interval = signal.setitimer(signal.ITIMER_REAL, timeout)
-        started = time.monotonic()
-        try:
-            return function()
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-            if outer > 0:  # a timer of the caller's: give back what is left of it
-                left = outer - (time.monotonic() - started)
-                signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
-    outcome: dict = {}
-
-    def target():
-        try:
-            outcome["value"] = function()
-        except BaseException as error:  # handed to the calling thread
-            outcome["error"] = error
-
-    worker = threading.Thread(target=target, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise _Timeout
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
-
-
-def _format_exception() -> str:
-    text = "".join(traceback.format_exc())
-    return text if len(text) <= _MESSAGE_LIMIT else "..." + text[-_MESSAGE_LIMIT:]
-
-
-_KINDS = {
-    "c": ("complex numbers", "return the real and imaginary parts as separate columns"),
-    "O": ("Python objects", "return a tensor or numpy array of numbers, every row the same shape"),
-    "U": ("strings", "encode categories as integers"),
-    "S": ("bytes", "encode categories as integers"),
-}
-
-
-def _as_array(x, simulator: Callable, theta_shape: tuple, single: bool) -> np.ndarray:
-    """A simulator's output as a numpy array of real numbers (bool, integer or float).
-
-    Raises:
-        _SimulatorContractError: `x` is None, not an array (ragged nested lists, objects),
-            or holds complex numbers, strings or other non-real values; the message names
-            the simulator, what it returned and what it must return.
-    """
-    expected = "x (*x_shape)" if single else f"x (n, *x_shape) with n = {theta_shape[0]}"
-    where = f"simulator {_name(simulator)} returned"
-    given = f"for theta of shape {tuple(theta_shape)}; it must return {expected}"
-    if x is None:
-        raise _SimulatorContractError(
-            f"{where} None {given}, a torch tensor or numpy array of real numbers"
-        )
-    try:
-        if isinstance(x, Tensor):
-            x = x.detach().cpu()
-            x = x.float() if x.dtype == torch.bfloat16 else x.resolve_conj().resolve_neg()
-            array = x.numpy()
-        else:
-            array = np.asarray(x)
-    except Exception as error:  # ragged nested lists, tensors numpy cannot take
-        raise _SimulatorContractError(
-            f"{where} a {type(x).__name__} that is not an array of numbers ({error}) {given}, "
-            "a torch tensor or numpy array with every row the same shape"
-        ) from None
-    if array.dtype.kind not in "biuf":
-        what, fix = _KINDS.get(array.dtype.kind, (f"values of dtype {array.dtype}", ""))
-        raise _SimulatorContractError(
-            f"{where} {what} (dtype {array.dtype}, from a {type(x).__name__}) for theta of "
-            f"shape {tuple(theta_shape)}; x must hold real numbers (a bool, integer or float "
-            "dtype)" + (f": {fix}" if fix else "")
-        )
-    return array
-
-
-def _name(simulator: Callable) -> str:
-    return getattr(simulator, "__name__", type(simulator).__name__)

@@ -24,12 +24,19 @@ not allow growing the datasets from a fresh process that reopens the file.
 
 Read a store back with :meth:`SimulationStore.read`, or directly with
 `zarr.open_group(path)`.
+
+`train(..., store="sims.zarr")` keeps one such group per simulator site, named after
+the site (:class:`TrainingStore`): two sites may share a simulator and still draw their
+parameters from different priors, so a store of one site's draws cannot serve another.
+Each group also records where its parameters came from (the prior, or a fingerprint
+of the proposal, :func:`proposal_source`), and refuses draws from anything else.
 """
 
 from __future__ import annotations
 
-__all__ = ["SimulationStore"]
+__all__ = ["SimulationStore", "TrainingStore", "proposal_source"]
 
+import hashlib
 import math
 from collections.abc import Callable
 
@@ -279,6 +286,94 @@ class SimulationStore:
                 stored[str(start + row)] = message[-_MESSAGE_LIMIT:]
             group.attrs["messages"] = stored
         self._arrays["status"][start:stop] = status  # the commit
+
+
+class TrainingStore:
+    r"""The simulations of :func:`~pyro_sbi.train`: one :class:`SimulationStore` per site.
+
+    A later call with the same store reuses each site's stored parameters (whatever its
+    seed), simulates only what is missing and appends what goes beyond the store.
+
+    Arguments:
+        path: a directory (created if missing) or a `zarr.Group`.
+
+    Example:
+        >>> import tempfile
+        >>> store = TrainingStore(tempfile.mkdtemp())
+        >>> group, theta, resumed = store.site("x", np.sin, torch.zeros(4, 1))
+        >>> theta.shape, resumed
+        (torch.Size([4, 1]), False)
+    """
+
+    def __init__(self, path) -> None:
+        zarr = _zarr()
+        self.root = path if isinstance(path, zarr.Group) else zarr.open_group(str(path), mode="a")
+
+    def site(
+        self, name: str, simulator: Callable, theta: Tensor, proposal=None
+    ) -> tuple[object, Tensor, bool]:
+        r"""The group of site `name` and the parameters to simulate there.
+
+        Arguments:
+            name: the site's name (its group in the store).
+            simulator: the site's simulator (checked against the stored one).
+            theta: `(n, D)` fresh draws for the site.
+            proposal: the distribution `theta` was drawn from, `None` for the prior.
+
+        Returns:
+            The `zarr.Group`; `(n, D)` parameters: the stored ones first, then fresh
+            draws beyond them; and whether the group already holds a store (its root
+            seed then goes on, whatever seed the call was given).
+
+        Raises:
+            ValueError: the stored parameters were drawn from another distribution, or
+                by another simulator.
+        """
+        source = proposal_source(proposal)
+        group = self.root.require_group(name)
+        stored = SimulationStore.existing(group, simulator=simulator, theta_dim=theta.shape[-1])
+        previous = group.attrs.get("source")
+        if stored is not None and previous is not None and previous != source:
+            raise ValueError(
+                f"site {name!r}: the store {_where(self.root)} holds simulations drawn from "
+                f"{_describe(previous)}, not from {_describe(source)}; use another store "
+                "path for other draws"
+            )
+        group.attrs["source"] = source
+        if stored is None or len(stored) == 0:
+            return group, theta, stored is not None
+        kept = stored.theta().to(theta.dtype)  # exact: the stored values came from this dtype
+        if len(kept) >= len(theta):
+            return group, kept[: len(theta)], True
+        return group, torch.cat([kept, theta[len(kept) :]]), True
+
+
+def proposal_source(proposal) -> str:
+    """`"prior"` for `None`, or a fingerprint of a distribution: its classes and parameters.
+
+    Example:
+        >>> import torch.distributions as td
+        >>> proposal_source(None), proposal_source(td.Normal(0.0, 1.0))[:9]
+        ('prior', 'proposal ')
+    """
+    if proposal is None:
+        return "prior"
+    digest = hashlib.sha1()
+    fn = proposal
+    while fn is not None:
+        digest.update(type(fn).__name__.encode())
+        for key in sorted(vars(fn)):
+            value = vars(fn)[key]
+            if isinstance(value, Tensor):
+                digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
+            elif isinstance(value, int | float | bool | tuple):
+                digest.update(f"{key}={value!r}".encode())
+        fn = getattr(fn, "base_dist", None)
+    return f"proposal {digest.hexdigest()[:16]}"
+
+
+def _describe(source: str) -> str:
+    return "the prior" if source == "prior" else f"another distribution ({source})"
 
 
 def _check(meta: dict, where: str, *, simulator: str, theta_dim: int, **settings) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 __all__ = ["SiteReport", "train"]
 
 import difflib
-import hashlib
 import inspect
 import math
 import warnings
@@ -45,12 +44,14 @@ from pyro.poutine.messenger import Messenger
 from torch import Tensor
 from torch.distributions import Distribution
 
-from pyro_sbi.distribution import SimulatorDistribution, _WithCondition, simulator_of
+from pyro_sbi._checks import as_count
+from pyro_sbi.distribution import SimulatorDistribution, simulator_of
+from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
-from pyro_sbi.nn import Estimator
 from pyro_sbi.runner import ModelRunner, model_keywords
 from pyro_sbi.seeds import derive
-from pyro_sbi.simulation import Simulations, _as_count, simulate
+from pyro_sbi.simulation import Simulations, simulate
+from pyro_sbi.store import TrainingStore
 from pyro_sbi.validity import ValidityClassifier
 
 
@@ -202,10 +203,10 @@ def train(
         (torch.Size([200, 1]), True)
     """
     kwargs = model_keywords(kwargs, model_kwargs)
-    num_simulations = _as_count(num_simulations, "train: num_simulations", minimum=2)
-    rounds = _as_count(rounds, "train: rounds")
+    num_simulations = as_count(num_simulations, "train: num_simulations", minimum=2)
+    rounds = as_count(rounds, "train: rounds")
     if simulation_batch_size is not None:
-        simulation_batch_size = _as_count(simulation_batch_size, "train: simulation_batch_size")
+        simulation_batch_size = as_count(simulation_batch_size, "train: simulation_batch_size")
     if num_simulations < 2 * rounds:
         raise ValueError(
             f"train needs at least 2 simulations per round; got rounds={rounds}, "
@@ -237,7 +238,7 @@ def train(
             "simulator site is observed; pass the data to the model (obs=...)"
         )
     groups = _group_by_estimator(collector.sites)
-    root = _open_store(store) if store is not None else None
+    stored = TrainingStore(store) if store is not None else None
     records: dict[str, list[Simulations]] = {name: [] for name in collector.sites}
     reports: dict[str, SiteReport] = {}
     for round_index, budget in enumerate(_split(num_simulations, rounds)):
@@ -260,16 +261,16 @@ def train(
                 group, site_seed = None, None
                 if seed is not None:
                     site_seed = derive(seed + round_index, name)
-                if root is not None:
+                if stored is not None:
                     site_proposal = (
                         proposal.get(name) if isinstance(proposal, Mapping) else proposal
                     )
-                    group, theta = _reuse(root, name, site, theta, _source(site_proposal))
-                    if "pyro_sbi" in group.attrs:
+                    group, theta, resumed = stored.site(name, site.simulator, theta, site_proposal)
+                    if resumed:
                         site_seed = None  # the stored root seed goes on
                 records[name].append(
                     simulate(
-                        _engine_simulator(site),
+                        site.row_simulator,
                         theta,
                         batch_size=simulation_batch_size,
                         batched=site.batched,
@@ -393,56 +394,6 @@ def _posterior_theta(
     return out
 
 
-def _source(proposal: Distribution | None) -> str:
-    """`"prior"`, or a fingerprint of the proposal: its classes and parameter values."""
-    if proposal is None:
-        return "prior"
-    digest = hashlib.sha1()
-    fn = proposal
-    while fn is not None:
-        digest.update(type(fn).__name__.encode())
-        for key in sorted(vars(fn)):
-            value = vars(fn)[key]
-            if isinstance(value, Tensor):
-                digest.update(key.encode() + value.detach().cpu().numpy().tobytes())
-            elif isinstance(value, int | float | bool | tuple):
-                digest.update(f"{key}={value!r}".encode())
-        fn = getattr(fn, "base_dist", None)
-    return f"proposal {digest.hexdigest()[:16]}"
-
-
-def _describe(source: str) -> str:
-    return "the prior" if source == "prior" else f"another distribution ({source})"
-
-
-def _open_store(store):
-    from pyro_sbi.store import _zarr
-
-    return _zarr().open_group(str(store), mode="a")
-
-
-def _reuse(root, name: str, site: SimulatorDistribution, theta: Tensor, source: str):
-    """The site's group in the store and the parameters to simulate: stored ones first."""
-    from pyro_sbi.store import SimulationStore
-
-    group = root.require_group(name)
-    stored = SimulationStore.existing(group, simulator=site.simulator, theta_dim=theta.shape[-1])
-    previous = group.attrs.get("source")
-    if stored is not None and previous is not None and previous != source:
-        raise ValueError(
-            f"site {name!r}: the store {root.store} holds simulations drawn from "
-            f"{_describe(previous)}, not from {_describe(source)}; use another store path "
-            "for other draws"
-        )
-    group.attrs["source"] = source
-    if stored is None or len(stored) == 0:
-        return group, theta
-    kept = stored.theta().to(theta.dtype)  # exact: the stored values came from this dtype
-    if len(kept) >= len(theta):
-        return group, kept[: len(theta)]
-    return group, torch.cat([kept, theta[len(kept) :]])
-
-
 class _Collector(Messenger):
     """Intercepts simulator sites: records their distribution, never simulates."""
 
@@ -509,13 +460,6 @@ def _extend(thetas: dict[str, list[Tensor]], run: _Collector, names: set[str]) -
 def _rows(site: SimulatorDistribution) -> Tensor:
     """`(n, D + d_u)` distinct rows to simulate: `theta`, or `[theta, condition]`."""
     return _distinct(site.context)
-
-
-def _engine_simulator(site: SimulatorDistribution) -> Callable:
-    """The site's simulator as the engine calls it: on rows `[theta, condition]`."""
-    if site.condition is None:
-        return site.simulator
-    return _WithCondition(site.simulator, site.theta.shape[-1])
 
 
 def _with_design(site: SimulatorDistribution, theta: Tensor) -> Tensor:

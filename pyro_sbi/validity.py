@@ -29,7 +29,8 @@ __all__ = ["ValidityClassifier"]
 import torch.nn.functional as F
 from torch import Tensor
 
-from pyro_sbi.nn import Estimator, ResidualMLP, activation_by_name
+from pyro_sbi.estimator import Estimator
+from pyro_sbi.networks import ResidualMLP, activation_by_name
 
 
 class ValidityClassifier(Estimator):

@@ -9,7 +9,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 
 from pyro_sbi import SliceMCMC, c2st, init_to_sir, to_inference_data
-from pyro_sbi.infer import _Density
+from pyro_sbi.density import ModelDensity
 from pyro_sbi.tasks import two_moons
 
 
@@ -130,12 +130,12 @@ def test_density_is_the_same_vectorised_and_one_point_at_a_time():
                 pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
 
     y = torch.randn(4, 3)
-    density = _Density(hierarchical, (y,), {})
+    density = ModelDensity(hierarchical, (y,), {})
     assert density.dim == 5
     z = torch.randn(6, 5)
     batched = density(z)
-    assert density.vectorize
-    density.vectorize = False
+    assert density.runner.vectorize
+    density.runner.vectorize = False
     assert torch.allclose(batched, density(z), atol=1e-5)
     # and against the log joint written out by hand
     mu, log_sigma, theta = z[:, 0], z[:, 1], z[:, 2:]

@@ -17,7 +17,7 @@ import torch
 
 from pyro_sbi import NLE, Ensemble, SimulatorDistribution, fit, to_inference_data
 from pyro_sbi.diagnostics import likelihood_error
-from pyro_sbi.nn import Estimator
+from pyro_sbi.estimator import Estimator
 
 
 class Shifted(Estimator):

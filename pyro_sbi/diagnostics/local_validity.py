@@ -23,7 +23,7 @@ def outside_training(
 
     For each :class:`~pyro_sbi.SimulatorDistribution` site, the model is run at every
     posterior draw and the site's parameters are checked with
-    :meth:`pyro_sbi.nn.Estimator.outside` (outside the range of the training parameters,
+    :meth:`pyro_sbi.estimator.Estimator.outside` (outside the range of the training parameters,
     or farther from their mean than any of them in Mahalanobis distance). A draw counts
     as outside when any of the site's parameter vectors (e.g. any subject's) is.
 

@@ -1,23 +1,21 @@
-r"""Network pieces shared by every estimator.
+r"""The base of every learned estimator, and its file format.
 
-:class:`Estimator` is the small base of `NLE`, `MNLE`, `NRE` and the validity
-classifier: lazy construction at the first :meth:`Estimator.fit`, z-scoring statistics
-learned from the training data, shape bookkeeping for `x`, the "trained?" check and the
-local-validity warning. :class:`ResidualMLP` is the plain network that classifiers and
-discrete heads share. Each method keeps its loss in its own module.
+:class:`Estimator` is the small base of `NLE`, `MNLE`, `NRE`, `Ensemble` and the
+validity classifier: lazy construction at the first :meth:`Estimator.fit`, z-scoring
+statistics learned from the training data, shape bookkeeping for `x`, the region of
+parameters seen in training, the "trained?" check, the local-validity warning, and
+:meth:`Estimator.save` / :meth:`Estimator.load` (a JSON header and tensors, never a
+pickled object). Each method keeps its loss in its own module; the networks they share
+are in :mod:`pyro_sbi.networks`.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "BUFFERS",
     "Estimator",
-    "EstimatorDistribution",
-    "ResidualMLP",
     "UntrainedEstimatorError",
-    "activation_by_name",
     "distinct",
-    "flow_by_name",
-    "flow_name",
     "validation_off",
 ]
 
@@ -34,13 +32,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import zuko
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 FORMAT_VERSION = 1
 _CLASSES: dict[str, type] = {}  # every Estimator subclass by name (see __init_subclass__)
-_BUFFERS = (
+# the statistics and the training region every estimator keeps as buffers
+BUFFERS = (
     "theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max",
     # the region of theta seen in training (local validity)
     "theta_min", "theta_max", "theta_mean", "theta_whiten", "theta_radius",
@@ -71,46 +69,6 @@ def validation_off() -> Iterator[None]:
         yield
     finally:
         Distribution._validate_args = previous
-
-
-def flow_name(flow_class: object) -> str | None:
-    """The name of a flow class in `zuko.flows`, or `None` for a class from elsewhere.
-
-    Example:
-        >>> flow_name(zuko.flows.MAF), flow_name(object)
-        ('MAF', None)
-    """
-    name = getattr(flow_class, "__name__", None)
-    return name if getattr(zuko.flows, name or "", None) is flow_class else None
-
-
-def flow_by_name(name: str | None, owner: str) -> type[zuko.flows.Flow]:
-    """The flow class `zuko.flows.<name>`; a clear error for a custom class (`name=None`).
-
-    Arguments:
-        name: a name written by :func:`flow_name`.
-        owner: the estimator class reading it, for the message.
-    """
-    build = getattr(zuko.flows, name, None) if name is not None else None
-    if not (isinstance(build, type) and issubclass(build, zuko.flows.Flow)):
-        raise ValueError(
-            f"the saved {owner} used a flow class outside zuko.flows: pass it again, "
-            f"{owner}.load(path, build=MyFlow)"
-        )
-    return build
-
-
-def activation_by_name(name: str, owner: str) -> type[nn.Module]:
-    """The activation class `torch.nn.<name>`, or a clear error.
-
-    Example:
-        >>> activation_by_name("ELU", "NRE")
-        <class 'torch.nn.modules.activation.ELU'>
-    """
-    activation = getattr(nn, name, None)
-    if not (isinstance(activation, type) and issubclass(activation, nn.Module)):
-        raise ValueError(f"unknown activation {name!r} in the saved {owner}")
-    return activation
 
 
 class Estimator(nn.Module):
@@ -151,7 +109,7 @@ class Estimator(nn.Module):
         self.condition_dim: int | None = None
         self.num_simulations = 0
         self.validity: Estimator | None = None
-        for name in _BUFFERS:
+        for name in BUFFERS:
             self.register_buffer(name, None)
 
     def __getstate__(self) -> dict:
@@ -373,7 +331,7 @@ class Estimator(nn.Module):
         estimator.theta_dim = header["theta_dim"]
         estimator.condition_dim = header.get("condition_dim")
         estimator.x_shape = Size(header["x_shape"])
-        for name in _BUFFERS:
+        for name in BUFFERS:
             setattr(estimator, name, state.get(name))
         estimator._build()
         if "validity" in header:
@@ -495,95 +453,6 @@ class Estimator(nn.Module):
         return True
 
 
-class ResidualMLP(nn.Module):
-    r"""A residual multi-layer perceptron, `(*, in_features) -> (*, out_features)`.
-
-    A linear layer to `hidden_features`, `num_blocks` residual blocks
-    `h + W_2 act(W_1 act(h))` whose last layer starts at zero (so each block starts as
-    the identity), then `act` and a linear output layer.
-
-    Arguments:
-        in_features: input size.
-        out_features: output size.
-        hidden_features: width of the hidden layers.
-        num_blocks: number of residual blocks.
-        activation: the activation class (e.g. `nn.ELU`).
-
-    Example:
-        >>> net = ResidualMLP(3, 2, hidden_features=16)
-        >>> net(torch.zeros(5, 3)).shape
-        torch.Size([5, 2])
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        hidden_features: int = 64,
-        num_blocks: int = 2,
-        activation: type[nn.Module] = nn.ELU,
-    ) -> None:
-        super().__init__()
-        self.inner = nn.Linear(in_features, hidden_features)
-        self.blocks = nn.ModuleList(_Block(hidden_features, activation) for _ in range(num_blocks))
-        self.outer = nn.Sequential(activation(), nn.Linear(hidden_features, out_features))
-
-    def forward(self, h: Tensor) -> Tensor:
-        """`(*, in_features) -> (*, out_features)`."""
-        h = self.inner(h)
-        for block in self.blocks:
-            h = block(h)
-        return self.outer(h)
-
-
-class _Block(nn.Module):
-    """`h + W2 act(W1 act(h))`, with the last layer started at zero (an identity)."""
-
-    def __init__(self, hidden: int, activation: type[nn.Module]) -> None:
-        super().__init__()
-        last = nn.Linear(hidden, hidden)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(activation(), nn.Linear(hidden, hidden), activation(), last)
-
-    def forward(self, h: Tensor) -> Tensor:
-        return h + self.net(h)
-
-
-class EstimatorDistribution(Distribution):
-    r"""A trained estimator at fixed `theta`, as a torch distribution over `x`.
-
-    `log_prob` asks the estimator; subclasses add `sample` (and `rsample`).
-
-    Arguments:
-        estimator: a trained estimator.
-        theta: `(*, D)` parameters: the batch shape is `*`, the event shape `x_shape`.
-    """
-
-    arg_constraints = {}
-
-    def __init__(self, estimator: Estimator, theta: Tensor) -> None:
-        self.estimator = estimator
-        self.theta = theta
-        super().__init__(theta.shape[:-1], estimator.x_shape, validate_args=False)
-
-    @property
-    def support(self) -> constraints.Constraint:
-        """The estimator's support of `x`."""
-        return self.estimator.support
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        """`(*, *x_shape) -> (*)`: the estimator's log-density at `theta`."""
-        return self.estimator.log_prob(value, self.theta)
-
-    def _theta_z(self) -> Tensor:
-        """`theta` z-scored with the training statistics, in the estimator's dtype."""
-        estimator = self.estimator
-        theta = self.theta.to(estimator.theta_loc.dtype)
-        return (theta - estimator.theta_loc) / estimator.theta_scale
-
-
 _HEADER_KEYS = {"format", "class", "options", "x_shape", "theta_dim", "num_simulations"}
 
 
@@ -678,7 +547,7 @@ def _load_validity(header: dict, state: dict) -> Estimator:
     kind = _CLASSES[header.get("class", "ValidityClassifier")]  # older files name none
     validity = kind.from_config(header["options"])
     validity.theta_dim, validity.x_shape = header["theta_dim"], Size([1])
-    for name in _BUFFERS:
+    for name in BUFFERS:
         setattr(validity, name, state.get(f"validity.{name}"))
     validity._build()
     validity.num_simulations = header["num_simulations"]
