@@ -77,3 +77,15 @@ def test_an_estimators_fit_defaults_yield_to_explicit_options(monkeypatch):
     assert seen["average"] == NRE.fit_defaults["average"] > 0
     NRE().fit(theta, x, max_epochs=1, progress=False, average=0.0)
     assert seen["average"] == 0.0
+
+
+def test_counts_may_be_integral_floats():
+    estimator = NLE(zuko.flows.MAF)
+    theta, x = pairs(300)
+    estimator.build(theta, x)
+    history = fit(estimator, theta, x, max_epochs=3.0, batch_size=64.0, progress=False, seed=0)
+    assert history.epochs == 3
+    with pytest.raises(ValueError, match=r"fit: max_epochs must be a whole number.*2\.5"):
+        fit(estimator, theta, x, max_epochs=2.5, progress=False)
+    with pytest.raises(TypeError, match=r"fit: batch_size must be a whole number"):
+        fit(estimator, theta, x, batch_size="64", progress=False)

@@ -160,3 +160,14 @@ def test_a_model_that_cannot_take_an_extra_plate_runs_point_by_point():
     with pytest.warns(UserWarning, match="once per point"):
         theta = mcmc.run(y).get_samples()["theta"]
     assert theta.shape == (200, 2) and torch.isfinite(theta).all()
+
+
+def test_slice_mcmc_counts_may_be_integral_floats():
+    y = torch.zeros(3, 2)
+    mcmc = SliceMCMC(linear, num_samples=7.0, num_chains=5e0, warmup_steps=4.0, seed=3,
+                     progress=False)  # fmt: skip
+    assert mcmc.run(y).get_samples(group_by_chain=True)["theta"].shape == (5, 7, 2)
+    with pytest.raises(ValueError, match=r"SliceMCMC: num_samples must be a whole number.*2\.5"):
+        SliceMCMC(linear, num_samples=2.5)
+    with pytest.raises(ValueError, match=r"SliceMCMC: warmup_steps must be a whole number >= 0"):
+        SliceMCMC(linear, num_samples=2, warmup_steps=-1)

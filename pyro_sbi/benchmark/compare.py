@@ -136,7 +136,7 @@ def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) 
     return mcmc.run(estimator, x).get_samples()["theta"][:num]
 
 
-class _Sbi:
+class SbiPeer:
     """`sbi`'s NLE / NRE with their defaults, on given simulations."""
 
     def __init__(self, task, method: str, seed: int) -> None:
@@ -148,7 +148,8 @@ class _Sbi:
         }[method]  # fmt: skip
         self.prior = task.prior()
 
-    def train(self, theta, x):
+    def train(self, theta: Tensor, x: Tensor) -> None:
+        """Trains sbi's estimator on `theta (n, D)`, `x (n, *X)` and builds its posterior."""
         from torch.utils.tensorboard import SummaryWriter
 
         torch.manual_seed(self.seed)
@@ -163,7 +164,8 @@ class _Sbi:
             writer.close()
         self.posterior = inference.build_posterior()
 
-    def sample(self, x, seed: int, num: int) -> torch.Tensor:
+    def sample(self, x: Tensor, seed: int, num: int) -> torch.Tensor:
+        """`(num, D)` posterior draws given `x (*X)`, with torch's seed `seed`."""
         torch.manual_seed(seed)
         return self.posterior.sample((num,), x=x, show_progress_bars=False)
 
@@ -235,7 +237,7 @@ def run(
                 train_s = time.perf_counter() - start
                 peer = None
                 if compare == "sbi":
-                    peer = _Sbi(task, method, run_seed)
+                    peer = SbiPeer(task, method, run_seed)
                     start = time.perf_counter()
                     peer.train(theta, x)
                     sbi_train_s = time.perf_counter() - start

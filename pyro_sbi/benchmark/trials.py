@@ -326,10 +326,10 @@ def accuracy(
                     log(f"| {task} | {method} | {budget} | {n} | {row['c2st']:.3f} | "
                         f"{train_s:.0f} |", flush=True)  # fmt: skip
             if compare == "sbi":
-                from pyro_sbi.benchmark.compare import _Sbi
+                from pyro_sbi.benchmark.compare import SbiPeer
 
                 method = "nle" if task == "linear" else "mnle"
-                baseline = _Sbi(types.SimpleNamespace(prior=lambda p=prior: p), method, seed)
+                baseline = SbiPeer(types.SimpleNamespace(prior=lambda p=prior: p), method, seed)
                 start = time.perf_counter()
                 baseline.train(theta, data)
                 train_s = time.perf_counter() - start
