@@ -46,12 +46,12 @@ from torch.distributions import Distribution, constraints
 
 from pyro_sbi._checks import as_count
 from pyro_sbi.conditional import EstimatorDistribution
-from pyro_sbi.estimator import BUFFERS, Estimator
+from pyro_sbi.estimator import BUFFERS, Estimator, estimator_class
 from pyro_sbi.fitting import History
 
 
 class Ensemble(Estimator):
-    r"""`size` estimators made by `build`, trained with different seeds, averaged.
+    r"""`size` estimators made by `factory`, trained with different seeds, averaged.
 
     It is an estimator like its members: lazy until :meth:`fit`, usable in a
     :class:`~pyro_sbi.SimulatorDistribution` and by :func:`~pyro_sbi.train`, saved and
@@ -60,7 +60,7 @@ class Ensemble(Estimator):
     What averaging members gains is measured on the benchmarks page ("Ensembles").
 
     Arguments:
-        build: makes one untrained member, e.g. `lambda: NRE("A")`.
+        factory: makes one untrained member, e.g. `lambda: NRE("A")`.
         size: the number of members `M`.
         bootstrap: train each member on its own bootstrap resample of the training
             simulations (see :func:`pyro_sbi.fitting.fit`), so that the members disagree as
@@ -80,16 +80,16 @@ class Ensemble(Estimator):
     """
 
     def __init__(
-        self, build: Callable[[], Estimator], size: int = 5, *, bootstrap: bool = False
+        self, factory: Callable[[], Estimator], size: int = 5, *, bootstrap: bool = False
     ) -> None:
         super().__init__()
         size = as_count(size, "Ensemble: size")
         self.bootstrap = bool(bootstrap)
-        members = [build() for _ in range(size)]
+        members = [factory() for _ in range(size)]
         kinds = {type(member) for member in members}
         if not all(isinstance(member, Estimator) for member in members) or len(kinds) > 1:
             raise TypeError(
-                "Ensemble: build() must return pyro_sbi estimators of one class, e.g. "
+                "Ensemble: factory() must return pyro_sbi estimators of one class, e.g. "
                 f"lambda: NLE(); got {sorted(kind.__name__ for kind in kinds)}"
             )
         self.members = nn.ModuleList(members)
@@ -152,14 +152,7 @@ class Ensemble(Estimator):
     @classmethod
     def from_config(cls, config: dict, **overrides) -> Ensemble:
         """An untrained ensemble from :meth:`config`; `overrides` go to the members."""
-        from pyro_sbi.mnle import MNLE
-        from pyro_sbi.nle import NLE
-        from pyro_sbi.nre import NRE
-
-        kinds = {kind.__name__: kind for kind in (NLE, NRE, MNLE)}
-        if config["member"] not in kinds:
-            raise ValueError(f"unknown member class {config['member']!r} in the saved Ensemble")
-        kind = kinds[config["member"]]
+        kind = estimator_class(config["member"], "Ensemble")
         return cls(
             lambda: kind.from_config(config["options"], **overrides),
             config["size"],

@@ -16,6 +16,7 @@ __all__ = [
     "Estimator",
     "UntrainedEstimatorError",
     "distinct",
+    "estimator_class",
     "validation_off",
 ]
 
@@ -35,7 +36,12 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from pyro_sbi.networks import activation_by_name, flow_by_name
+
 FORMAT_VERSION = 1
+# options renamed since files were first written: old name -> new name
+_RENAMED = {"build": "flow", "head_features": "head_hidden_features",
+            "head_blocks": "head_num_blocks"}  # fmt: skip
 _CLASSES: dict[str, type] = {}  # every Estimator subclass by name (see __init_subclass__)
 # the statistics and the training region every estimator keeps as buffers
 BUFFERS = (
@@ -257,7 +263,17 @@ class Estimator(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> Estimator:
-        """Builds an untrained estimator from :meth:`config`; `overrides` take precedence."""
+        """Builds an untrained estimator from :meth:`config`; `overrides` take precedence.
+
+        The classes that :meth:`config` writes by name are found again: `flow` in
+        `zuko.flows` (pass `flow=MyFlow` for a class from elsewhere), `activation` in
+        `torch.nn`. Option names of files written before a rename are read too.
+        """
+        config = {_RENAMED.get(key, key): value for key, value in config.items()}
+        if "flow" in config and "flow" not in overrides:
+            overrides["flow"] = flow_by_name(config["flow"], cls.__name__)
+        if isinstance(config.get("activation"), str):
+            config["activation"] = activation_by_name(config["activation"], cls.__name__)
         return cls(**{**config, **overrides})
 
     def save(self, path: str | Path) -> None:
@@ -543,8 +559,27 @@ def distinct(tensor: Tensor) -> Tensor:
     return tensor[index]
 
 
+def estimator_class(name: str, owner: str) -> type[Estimator]:
+    """The estimator class called `name` (every subclass of :class:`Estimator` is known).
+
+    Arguments:
+        name: the class name a saved file gives.
+        owner: who reads it, for the message.
+
+    Example:
+        >>> from pyro_sbi import NLE
+        >>> estimator_class("NLE", "Ensemble") is NLE
+        True
+    """
+    if name not in _CLASSES:
+        raise ValueError(f"unknown estimator class {name!r} in the saved {owner}")
+    return _CLASSES[name]
+
+
 def _load_validity(header: dict, state: dict) -> Estimator:
-    kind = _CLASSES[header.get("class", "ValidityClassifier")]  # older files name none
+    kind = estimator_class(
+        header.get("class", "ValidityClassifier"), "estimator"
+    )  # older files name none
     validity = kind.from_config(header["options"])
     validity.theta_dim, validity.x_shape = header["theta_dim"], Size([1])
     for name in BUFFERS:

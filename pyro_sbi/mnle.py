@@ -63,7 +63,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import Estimator, distinct, validation_off
-from pyro_sbi.networks import ResidualMLP, activation_by_name, flow_by_name, flow_name
+from pyro_sbi.networks import ResidualMLP, flow_name
 
 MAX_CATEGORIES = 4096
 PER_CATEGORY_MAX = 16  # the most joint categories for which the flow is conditioned per (θ, c)
@@ -84,12 +84,12 @@ class MNLE(Estimator):
             every continuous column, a sequence of column indices, or `False`. The
             columns must be positive in the training data; the density stays exact
             (the Jacobian is included) and is zero for non-positive values.
-        build: the zuko flow class of the continuous part (`zuko.flows.NSF` default).
-        head_features: width of the categorical head's residual MLP.
-        head_blocks: residual blocks of that MLP.
+        flow: the zuko flow class of the continuous part (`zuko.flows.NSF` default).
+        head_hidden_features: width of the categorical head's residual MLP.
+        head_num_blocks: residual blocks of that MLP.
         activation: the activation class of that MLP.
         z_score: standardise `theta` and the continuous columns with training statistics.
-        flow_options: passed to `build`, e.g. `transforms=5, hidden_features=(128, 128)`.
+        flow_options: passed to `flow`, e.g. `transforms=5, hidden_features=(128, 128)`.
 
     Example:
         >>> theta = torch.rand(2000, 1)
@@ -109,9 +109,9 @@ class MNLE(Estimator):
         discrete: Sequence[int],
         *,
         log_transform: bool | Sequence[int] = False,
-        build: Callable[..., zuko.flows.Flow] = zuko.flows.NSF,
-        head_features: int = 64,
-        head_blocks: int = 2,
+        flow: Callable[..., zuko.flows.Flow] = zuko.flows.NSF,
+        head_hidden_features: int = 64,
+        head_num_blocks: int = 2,
         activation: type[nn.Module] = nn.ELU,
         z_score: bool = True,
         **flow_options,
@@ -124,9 +124,9 @@ class MNLE(Estimator):
         self.log_transform = (
             log_transform if isinstance(log_transform, bool) else list(map(int, log_transform))
         )
-        self.flow_class = build
-        self.head_features = head_features
-        self.head_blocks = head_blocks
+        self.flow_class = flow
+        self.head_hidden_features = head_hidden_features
+        self.head_num_blocks = head_num_blocks
         self.activation = activation
         self.flow_options = flow_options
         self.classifier = None
@@ -223,8 +223,8 @@ class MNLE(Estimator):
         self.classifier = ResidualMLP(
             self.theta_dim,
             math.prod(classes),
-            hidden_features=self.head_features,
-            num_blocks=self.head_blocks,
+            hidden_features=self.head_hidden_features,
+            num_blocks=self.head_num_blocks,
             activation=self.activation,
         )
         self.flow = self.flow_class(
@@ -238,29 +238,19 @@ class MNLE(Estimator):
         return {
             "discrete": self.discrete_option,
             "log_transform": self.log_transform,
-            "build": flow_name(self.flow_class),
-            "head_features": self.head_features,
-            "head_blocks": self.head_blocks,
+            "flow": flow_name(self.flow_class),
+            "head_hidden_features": self.head_hidden_features,
+            "head_num_blocks": self.head_num_blocks,
             "activation": self.activation.__name__,
             "z_score": self.z_score,
             **self.flow_options,
         }
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> MNLE:
-        """An untrained `MNLE` from :meth:`config`; pass `build=` for a custom flow class."""
-        config = dict(config)
-        name = config.pop("build")
-        if "build" not in overrides:
-            overrides["build"] = flow_by_name(name, cls.__name__)
-        config["activation"] = activation_by_name(config["activation"], cls.__name__)
-        return cls(**{**config, **overrides})
-
     def extra_repr(self) -> str:
         """Discrete columns, log-transformed columns and the flow class."""
         return (
             f"discrete={self.discrete_option}, log_transform={self.log_transform}, "
-            f"build={getattr(self.flow_class, '__name__', self.flow_class)}"
+            f"flow={getattr(self.flow_class, '__name__', self.flow_class)}"
         )
 
     # densities ----------------------------------------------------------------------

@@ -36,7 +36,7 @@ def flow_by_name(name: str | None, owner: str) -> type[zuko.flows.Flow]:
     if not (isinstance(build, type) and issubclass(build, zuko.flows.Flow)):
         raise ValueError(
             f"the saved {owner} used a flow class outside zuko.flows: pass it again, "
-            f"{owner}.load(path, build=MyFlow)"
+            f"{owner}.load(path, flow=MyFlow)"
         )
     return build
 

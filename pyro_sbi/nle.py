@@ -51,7 +51,7 @@ from torch.distributions import Distribution
 
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import Estimator, validation_off
-from pyro_sbi.networks import flow_by_name, flow_name
+from pyro_sbi.networks import flow_name
 
 
 class NLE(Estimator):
@@ -61,7 +61,7 @@ class NLE(Estimator):
     :math:`x` are known, so it is constructed without dimensions.
 
     Arguments:
-        build: a zuko flow class (or any callable `build(features, context, **kwargs)`
+        flow: a zuko flow class (or any callable `flow(features, context, **kwargs)`
             returning a `zuko.flows.Flow`): `zuko.flows.MAF` (default),
             `zuko.flows.NSF`, ... The default is chosen by measurement (see
             :ref:`choosing-the-flow`): on a linear-Gaussian likelihood with 20 trials and
@@ -71,7 +71,7 @@ class NLE(Estimator):
             gradient. A spline flow pays off when `x` given `theta` is far from Gaussian
             (several modes, hard bounds) and the budget is large.
         z_score: standardise `theta` and `x` with the training statistics.
-        flow_options: passed to `build`, e.g. `transforms=5, hidden_features=(128, 128)`.
+        flow_options: passed to `flow`, e.g. `transforms=5, hidden_features=(128, 128)`.
 
     It trains with a moving average of its weights (:attr:`fit_defaults`, see
     :func:`pyro_sbi.fitting.fit`), which makes the learned likelihood less dependent on
@@ -93,13 +93,13 @@ class NLE(Estimator):
 
     def __init__(
         self,
-        build: Callable[..., zuko.flows.Flow] = zuko.flows.MAF,
+        flow: Callable[..., zuko.flows.Flow] = zuko.flows.MAF,
         *,
         z_score: bool = True,
         **flow_options,
     ) -> None:
         super().__init__(z_score=z_score)
-        self.flow_class = build
+        self.flow_class = flow
         self.flow_options = flow_options
         self.flow = None
 
@@ -110,20 +110,11 @@ class NLE(Estimator):
 
     def config(self) -> dict:
         """The constructor's options; the flow class by its name in `zuko.flows`."""
-        return {"build": flow_name(self.flow_class), "z_score": self.z_score, **self.flow_options}
-
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> NLE:
-        """An untrained `NLE` from :meth:`config`; pass `build=` for a custom flow class."""
-        config = dict(config)
-        name = config.pop("build")
-        if "build" not in overrides:
-            overrides["build"] = flow_by_name(name, cls.__name__)
-        return cls(**{**config, **overrides})
+        return {"flow": flow_name(self.flow_class), "z_score": self.z_score, **self.flow_options}
 
     def extra_repr(self) -> str:
         """Name of the flow class."""
-        return f"build={getattr(self.flow_class, '__name__', self.flow_class)}"
+        return f"flow={getattr(self.flow_class, '__name__', self.flow_class)}"
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         r"""Negative log-likelihood of a batch, in z-scored units.

@@ -107,7 +107,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
 from pyro_sbi.estimator import Estimator, distinct
-from pyro_sbi.networks import ResidualMLP, activation_by_name
+from pyro_sbi.networks import ResidualMLP
 
 _VARIANTS = ("A", "B", "C")
 
@@ -224,8 +224,7 @@ class NRE(Estimator):
                 f"the saved NRE used an embedding network ({embedding}): pass a new instance, "
                 "NRE.load(path, embedding=...)"
             )
-        config["activation"] = activation_by_name(config["activation"], cls.__name__)
-        return cls(**{**config, **overrides})
+        return super().from_config(config, **overrides)
 
     def extra_repr(self) -> str:
         """Variant and its hyper-parameters."""

@@ -61,16 +61,7 @@ the store; the batches stored before it stay readable.
 
 from __future__ import annotations
 
-__all__ = [
-    "ERROR",
-    "FAILURE_KINDS",
-    "NONFINITE",
-    "OK",
-    "TIMEOUT",
-    "SimulationError",
-    "Simulations",
-    "simulate",
-]
+__all__ = ["SimulationError", "Simulations", "simulate"]
 
 import inspect
 import math
@@ -91,9 +82,7 @@ from pyro_sbi.seeds import derive
 from pyro_sbi.simulation_worker import (
     ERROR,
     FAILURE_KINDS,
-    NONFINITE,
     OK,
-    TIMEOUT,
     SimulatorContractError,
     run_batch,
     simulator_name,

@@ -27,10 +27,10 @@ from __future__ import annotations
 __all__ = ["ValidityClassifier"]
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from pyro_sbi.estimator import Estimator
-from pyro_sbi.networks import ResidualMLP, activation_by_name
+from pyro_sbi.networks import ResidualMLP
 
 
 class ValidityClassifier(Estimator):
@@ -42,7 +42,7 @@ class ValidityClassifier(Estimator):
     Arguments:
         hidden_features: width of the hidden layers.
         num_blocks: residual blocks.
-        activation: name of a `torch.nn` activation class.
+        activation: the activation class (e.g. `nn.ELU`).
 
     Example:
         >>> import torch
@@ -55,7 +55,11 @@ class ValidityClassifier(Estimator):
     """
 
     def __init__(
-        self, *, hidden_features: int = 64, num_blocks: int = 2, activation: str = "ELU"
+        self,
+        *,
+        hidden_features: int = 64,
+        num_blocks: int = 2,
+        activation: type[nn.Module] = nn.ELU,
     ) -> None:
         super().__init__(z_score=True)
         self.hidden_features = hidden_features
@@ -65,7 +69,7 @@ class ValidityClassifier(Estimator):
     def _build(self) -> None:
         self.net = ResidualMLP(
             self.theta_dim, 1, hidden_features=self.hidden_features, num_blocks=self.num_blocks,
-            activation=activation_by_name(self.activation, type(self).__name__),
+            activation=self.activation,
         )  # fmt: skip
 
     def config(self) -> dict:
@@ -73,7 +77,7 @@ class ValidityClassifier(Estimator):
         return {
             "hidden_features": self.hidden_features,
             "num_blocks": self.num_blocks,
-            "activation": self.activation,
+            "activation": self.activation.__name__,
         }
 
     def logits(self, theta: Tensor) -> Tensor:

@@ -45,8 +45,8 @@ KINDS = {
             log_transform=True,
             transforms=1,
             hidden_features=(8,),
-            head_features=8,
-            head_blocks=1,
+            head_hidden_features=8,
+            head_num_blocks=1,
         ),
         choice_and_time,
     ),  # fmt: skip

@@ -32,7 +32,7 @@ CONSTRUCTORS = {
     "NRE-C": (lambda: NRE("C", num_atoms=10, gamma=1.0), gaussian),
     "NRE-C-balanced": (lambda: NRE("C", balance=100.0), gaussian),
     "MNLE": (lambda: MNLE(discrete=[1]), mixed),
-    "MNLE-MAF": (lambda: MNLE(discrete=[-1], build=zuko.flows.MAF), mixed),
+    "MNLE-MAF": (lambda: MNLE(discrete=[-1], flow=zuko.flows.MAF), mixed),
     "Ensemble-NRE-A": (lambda: Ensemble(lambda: NRE("A"), size=3), gaussian),
     "Ensemble-NLE-MAF": (lambda: Ensemble(lambda: NLE(zuko.flows.MAF), size=2), gaussian),
     "Ensemble-MNLE": (lambda: Ensemble(lambda: MNLE(discrete=[1]), size=2), mixed),

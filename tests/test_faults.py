@@ -19,7 +19,7 @@ from simulators import Faulty, logged_rows
 
 from pyro_sbi import NLE, Ensemble, SimulatorDistribution, UntrainedEstimatorError, simulate, train
 from pyro_sbi.fitting import TrainingInterrupted
-from pyro_sbi.simulation import OK, TIMEOUT
+from pyro_sbi.simulation_worker import OK, TIMEOUT
 from pyro_sbi.store import SimulationStore
 
 zarr = pytest.importorskip("zarr")

@@ -4,6 +4,7 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+import zuko
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import init_to_value
 
@@ -265,7 +266,7 @@ def test_the_flow_conditioned_per_theta_and_choice_equals_one_context_per_trial(
     x = torch.cat(
         [x[:, :1], x[:, 1:] + torch.bernoulli(0.5 * torch.ones(2000, 1))], -1
     )  # 3 choices
-    estimator = MNLE(discrete=[1], log_transform=True, build=getattr(zuko.flows, flow))
+    estimator = MNLE(discrete=[1], log_transform=True, flow=getattr(zuko.flows, flow))
     estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
     subjects = 2 * torch.rand(4, 2) - 1
     x_o = x[:200].reshape(50, 4, 2)
@@ -277,3 +278,13 @@ def test_the_flow_conditioned_per_theta_and_choice_equals_one_context_per_trial(
     (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
     (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
     assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-4)
+
+
+def test_options_saved_under_their_former_names_still_load():
+    # files written before the renames hold "build", "head_features" and "head_blocks"
+    old = {"discrete": [1], "log_transform": False, "build": "MAF", "head_features": 16,
+           "head_blocks": 1, "activation": "ReLU", "z_score": True}  # fmt: skip
+    estimator = MNLE.from_config(old)
+    assert estimator.flow_class is zuko.flows.MAF and estimator.activation is torch.nn.ReLU
+    assert (estimator.head_hidden_features, estimator.head_num_blocks) == (16, 1)
+    assert MNLE.from_config(estimator.config()).config() == estimator.config()

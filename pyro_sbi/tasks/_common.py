@@ -24,6 +24,8 @@ _DATA = Path(__file__).with_name("observations.json")
 # the names every task module offers (each adds its own: DIM, X_DIM, log_likelihood, ...)
 TASK_NAMES = ["model", "observation", "prior", "reference_posterior", "simulator",
               "true_parameters"]  # fmt: skip
+# and those every task of the broad suite offers besides
+BROAD_NAMES = ["DIM", "KIND", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
 
 
 def uniform_box(low, high) -> dist.Distribution:
@@ -36,6 +38,23 @@ def uniform_box(low, high) -> dist.Distribution:
     dtype = torch.get_default_dtype()
     low, high = torch.tensor(low, dtype=dtype), torch.tensor(high, dtype=dtype)
     return dist.Uniform(low, high).to_event(1)
+
+
+def uniform_prior(low, high) -> Callable[[], dist.Distribution]:
+    """The `prior()` of a task whose prior is a box of uniforms (:func:`uniform_box`).
+
+    Example:
+        >>> prior = uniform_prior((0.0, -1.0), (1.0, 1.0))
+        >>> prior().sample((4,)).shape, prior.__doc__
+        (torch.Size([4, 2]), 'Uniform on [0.0, 1.0] × [-1.0, 1.0], event shape `(2,)`.')
+    """
+
+    def prior() -> dist.Distribution:
+        return uniform_box(low, high)
+
+    box = " × ".join(f"[{a}, {b}]" for a, b in zip(low, high, strict=True))
+    prior.__doc__ = f"Uniform on {box}, event shape `({len(low)},)`."
+    return prior
 
 
 @functools.cache
@@ -166,6 +185,16 @@ class Task:
         if self._model is not None:
             return self._model(estimator, x)
         return simulator_model(self.prior(), self.simulator, estimator, x)
+
+    def interface(self) -> tuple[Callable, ...]:
+        """`(model, observation, true_parameters, reference_posterior)`, a task module's own.
+
+        Example:
+            >>> from pyro_sbi.tasks import student_t
+            >>> student_t.TASK.interface()[1] == student_t.observation
+            True
+        """
+        return self.model, self.observation, self.true_parameters, self.reference_posterior
 
     def _pair(self, i: int) -> tuple[Tensor, Tensor]:
         if self.stored:

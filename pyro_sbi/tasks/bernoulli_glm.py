@@ -53,19 +53,10 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task
+from pyro_sbi.tasks._common import BROAD_NAMES, Task
 from pyro_sbi.tasks._reference import laplace_proposal, rejection_posterior
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "design",
-    "log_likelihood",
-    "sample_posterior",
-    "stimulus",
-    *TASK_NAMES,
-]
+__all__ = ["design", "stimulus", *BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "bernoulli_glm", 10, 10, "binary responses"
 BINS, SEED = 100, 42
@@ -148,5 +139,4 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

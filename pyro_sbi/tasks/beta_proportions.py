@@ -35,19 +35,15 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "beta_proportions", 2, 10, "bounded output"
 LOW, HIGH = (1.0, 1.0), (10.0, 10.0)
+prior = uniform_prior(LOW, HIGH)
 CLAMP = 1e-6
-
-
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[1, 10]^2` for :math:`(a, b)`, event shape `(2,)`."""
-    return uniform_box(LOW, HIGH)
 
 
 def simulator(theta: Tensor) -> Tensor:
@@ -72,5 +68,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

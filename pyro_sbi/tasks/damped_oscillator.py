@@ -55,28 +55,15 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_posterior
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "log_likelihood",
-    "sample_posterior",
-    "solve",
-    "solve_linear",
-    *TASK_NAMES,
-]
+__all__ = ["solve", "solve_linear", *BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "damped_oscillator", 3, 10, "ODE with observation noise"
 LOW, HIGH = (0.5, 0.0, 0.5), (2.5, 0.5, 2.0)
+prior = uniform_prior(LOW, HIGH)
 STEP, STEPS_PER_TIME, NOISE = 0.05, 20, 0.1
-
-
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[0.5, 2.5] \times [0, 0.5] \times [0.5, 2]`, event shape `(3,)`."""
-    return uniform_box(LOW, HIGH)
 
 
 def solve(theta: Tensor) -> Tensor:
@@ -125,12 +112,7 @@ def solve_linear(theta: Tensor) -> Tensor:
 
 
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 3) -> x (n, 10)`: RK4 displacements plus Gaussian noise.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 10])
-    """
+    """`theta (n, 3) -> x (n, 10)`: RK4 displacements plus Gaussian noise."""
     y = solve(theta)
     return y + NOISE * torch.randn_like(y)
 
@@ -174,5 +156,4 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -32,18 +32,14 @@ from __future__ import annotations
 import pyro.distributions as dist
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "gamma_times", 2, 10, "positive skewed output"
 LOW, HIGH = (0.5, 0.5), (5.0, 5.0)
-
-
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[0.5, 5]^2` for :math:`(k, \lambda)`, event shape `(2,)`."""
-    return uniform_box(LOW, HIGH)
+prior = uniform_prior(LOW, HIGH)
 
 
 def simulator(theta: Tensor) -> Tensor:
@@ -67,5 +63,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

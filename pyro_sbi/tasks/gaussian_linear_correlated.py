@@ -32,19 +32,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, seeded_draws
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, seeded_draws
 
-__all__ = [
-    "DIM",
-    "NAME",
-    "X_DIM",
-    "design",
-    "log_likelihood",
-    "noise_covariance",
-    "posterior",
-    "sample_posterior",
-    *TASK_NAMES,
-]
+__all__ = ["design", "noise_covariance", "posterior", *BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "gaussian_linear_correlated", 5, 25, "20+ dimensional output"
 WIDTH, NOISE, RHO = 0.15, 0.3, 0.8

@@ -47,29 +47,20 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "normal_summaries", 2, 2, "narrow posterior"
 LOW, HIGH = (-5.0, 0.5), (5.0, 2.0)
+prior = uniform_prior(LOW, HIGH)
 DRAWS = 1000  # i.i.d. points summarised per simulation
 _CHUNK = 1000  # rows simulated together
 
 
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[-5, 5] \times [0.5, 2]` for :math:`(\mu, \sigma)`."""
-    return uniform_box(LOW, HIGH)
-
-
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 2) -> x (n, 2)`: the mean and standard deviation of 1000 normal draws.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 2])
-    """
+    """`theta (n, 2) -> x (n, 2)`: the mean and standard deviation of 1000 normal draws."""
     rows = theta.reshape(-1, DIM)
     out = []
     for part in rows.split(_CHUNK):
@@ -93,5 +84,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -30,17 +30,17 @@ References:
 
 from __future__ import annotations
 
-import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "poisson_glm", 3, 10, "counts"
 LOW, HIGH = (0.0, -1.0, -1.0), (3.0, 1.0, 1.0)
+prior = uniform_prior(LOW, HIGH)
 
 
 def design(dtype: torch.dtype | None = None) -> Tensor:
@@ -50,18 +50,8 @@ def design(dtype: torch.dtype | None = None) -> Tensor:
     return matrix.to(dtype or torch.get_default_dtype())
 
 
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[0, 3] \times [-1, 1]^2`, event shape `(3,)`."""
-    return uniform_box(LOW, HIGH)
-
-
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 3) -> x (n, 10)`: counts, as floats.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 10])
-    """
+    """`theta (n, 3) -> x (n, 10)`: counts, as floats."""
     return torch.poisson((theta @ design(theta.dtype).T).exp())
 
 
@@ -75,5 +65,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=100)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

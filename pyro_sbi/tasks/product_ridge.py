@@ -33,19 +33,15 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "product_ridge", 2, 2, "strongly correlated parameters"
 LOW, HIGH = (0.2, 0.2), (2.0, 2.0)
+prior = uniform_prior(LOW, HIGH)
 NOISE = (0.05, 0.5)
-
-
-def prior() -> dist.Distribution:
-    """Uniform on :math:`[0.2, 2]^2`, event shape `(2,)`."""
-    return uniform_box(LOW, HIGH)
 
 
 def _mean(theta: Tensor) -> Tensor:
@@ -53,12 +49,7 @@ def _mean(theta: Tensor) -> Tensor:
 
 
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 2) -> x (n, 2)`.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 2])
-    """
+    """`theta (n, 2) -> x (n, 2)`."""
     noise = torch.tensor(NOISE, dtype=theta.dtype)
     return _mean(theta) + noise * torch.randn_like(theta)
 
@@ -73,5 +64,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=400)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -34,10 +34,10 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task
+from pyro_sbi.tasks._common import BROAD_NAMES, Task
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "sign_symmetric", 2, 2, "multimodal posterior"
 BOUND, NOISE = 2.0, 0.1
@@ -67,5 +67,4 @@ sample_posterior = grid_reference(log_likelihood, (-BOUND, -BOUND), (BOUND, BOUN
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -39,33 +39,23 @@ References:
 
 from __future__ import annotations
 
-import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, KIND = "sir", 2, "counts"
 LOW, HIGH = (0.5, 0.05), (3.0, 0.5)
+prior = uniform_prior(LOW, HIGH)
 POPULATION, INFECTED, DAYS = 1000, 10, 10
 X_DIM = 2 * DAYS
 
 
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[0.5, 3] \times [0.05, 0.5]` for :math:`(\beta, \gamma)`."""
-    return uniform_box(LOW, HIGH)
-
-
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 2) -> x (n, 20)`: daily new infections, then daily recoveries.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 20])
-    """
+    """`theta (n, 2) -> x (n, 20)`: daily new infections, then daily recoveries."""
     beta, gamma = theta.to(torch.float64).unbind(-1)
     s = torch.full_like(beta, POPULATION - INFECTED)
     i = torch.full_like(beta, INFECTED)
@@ -104,5 +94,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -103,5 +103,4 @@ def sample_posterior(
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -32,28 +32,19 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, uniform_box
+from pyro_sbi.tasks._common import BROAD_NAMES, Task, uniform_prior
 from pyro_sbi.tasks._reference import grid_reference
 
-__all__ = ["DIM", "NAME", "X_DIM", "log_likelihood", "sample_posterior", *TASK_NAMES]
+__all__ = [*BROAD_NAMES]
 
 NAME, DIM, X_DIM, KIND = "student_t", 2, 10, "heavy-tailed output"
 LOW, HIGH = (-5.0, 0.2), (5.0, 2.0)
+prior = uniform_prior(LOW, HIGH)
 DF = 2.0
 
 
-def prior() -> dist.Distribution:
-    r"""Uniform on :math:`[-5, 5] \times [0.2, 2]` for :math:`(\mu, \sigma)`."""
-    return uniform_box(LOW, HIGH)
-
-
 def simulator(theta: Tensor) -> Tensor:
-    """`theta (n, 2) -> x (n, 10)`: ten Student-t draws per row.
-
-    Example:
-        >>> simulator(prior().sample((3,))).shape
-        torch.Size([3, 10])
-    """
+    """`theta (n, 2) -> x (n, 10)`: ten Student-t draws per row."""
     t = dist.StudentT(torch.tensor(DF, dtype=theta.dtype)).sample(theta.shape[:-1] + (X_DIM,))
     return theta[..., :1] + theta[..., 1:] * t
 
@@ -68,5 +59,4 @@ sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -104,5 +104,4 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
 
 
 TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
-model, observation = TASK.model, TASK.observation
-true_parameters, reference_posterior = TASK.true_parameters, TASK.reference_posterior
+model, observation, true_parameters, reference_posterior = TASK.interface()
