@@ -141,12 +141,8 @@ class SimulatorDistribution(TorchDistribution):
                 )
         elif estimator.x_shape is not None:
             x_shape = estimator.x_shape
-        self.simulator = simulator
-        self.theta = theta
-        self.condition = condition
-        self.estimator = estimator
-        self.batched = batched
-        self.numpy = numpy
+        self.simulator, self.theta, self.condition = simulator, theta, condition
+        self.estimator, self.batched, self.numpy = estimator, batched, numpy
         self.x_shape = x_shape
         event_shape = x_shape if x_shape is not None else Size()
         super().__init__(batch_shape, event_shape, validate_args=validate_args)

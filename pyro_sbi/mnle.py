@@ -124,13 +124,10 @@ class MNLE(Estimator):
         self.log_transform = (
             log_transform if isinstance(log_transform, bool) else list(map(int, log_transform))
         )
-        self.flow_class = flow
-        self.head_hidden_features = head_hidden_features
-        self.head_num_blocks = head_num_blocks
+        self.flow_class, self.flow_options = flow, flow_options
+        self.head_hidden_features, self.head_num_blocks = head_hidden_features, head_num_blocks
         self.activation = activation
-        self.flow_options = flow_options
-        self.classifier = None
-        self.flow = None
+        self.classifier = self.flow = None
 
     # columns ------------------------------------------------------------------------
 

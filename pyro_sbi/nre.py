@@ -177,14 +177,9 @@ class NRE(Estimator):
             )
         if gamma <= 0 or balance < 0:
             raise ValueError(f"NRE: need gamma > 0 and balance >= 0; got {gamma}, {balance}")
-        self.variant = variant
-        self.num_atoms = num_atoms
-        self.gamma = gamma
-        self.balance = balance
-        self.hidden_features = hidden_features
-        self.num_blocks = num_blocks
-        self.activation = activation
-        self.embedding = embedding
+        self.variant, self.num_atoms, self.gamma, self.balance = variant, num_atoms, gamma, balance
+        self.hidden_features, self.num_blocks = hidden_features, num_blocks
+        self.activation, self.embedding = activation, embedding
         self.classifier = None
 
     def _build(self) -> None:

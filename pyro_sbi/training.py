@@ -85,32 +85,40 @@ class SiteReport:
     simulations: list[Simulations] = field(default_factory=list)
     validity: ValidityClassifier | None = None
 
-    def _summary(self) -> tuple[int, float, float]:
-        """Epochs (summed over members), training seconds and kept validation loss (mean)."""
+    def _figures(self) -> dict:
+        """The figures of both summaries; epochs summed and the loss averaged over members."""
         histories = self.history if isinstance(self.history, list) else [self.history]
-        epochs = sum(history.epochs for history in histories)
-        seconds = sum(history.seconds for history in histories)
-        loss = sum(history.best_validation_loss for history in histories) / len(histories)
-        return epochs, seconds, loss
+        return {
+            "sites": self.sites,
+            "estimator": type(self.estimator).__name__,
+            "num_simulations": len(self.theta),
+            "num_failed": self.num_failed,
+            "epochs": sum(history.epochs for history in histories),
+            "best_validation_loss": float(
+                sum(history.best_validation_loss for history in histories) / len(histories)
+            ),
+            "simulation_seconds": round(self.simulation_seconds, 1),
+            "training_seconds": round(sum(history.seconds for history in histories), 1),
+        }
 
     def __str__(self) -> str:
         """One line: sites, counts, seconds and the kept validation loss."""
-        epochs, seconds, loss = self._summary()
+        f = self._figures()
         return (
-            f"{', '.join(self.sites)}: {len(self.theta)} simulations ({self.num_failed} failed) "
-            f"in {self.simulation_seconds:.1f} s; {type(self.estimator).__name__} trained for "
-            f"{epochs} epochs in {seconds:.1f} s, validation loss {loss:.3f}"
+            f"{', '.join(f['sites'])}: {f['num_simulations']} simulations ({f['num_failed']} "
+            f"failed) in {f['simulation_seconds']} s; {f['estimator']} trained for "
+            f"{f['epochs']} epochs in {f['training_seconds']} s, validation loss "
+            f"{f['best_validation_loss']:.3f}"
         )
 
     def __repr__(self) -> str:
         """The sites, the estimator's class and the figures of :meth:`__str__`; no tensors."""
-        epochs, seconds, loss = self._summary()
-        return (
-            f"SiteReport(sites={self.sites!r}, estimator={type(self.estimator).__name__}, "
-            f"num_simulations={len(self.theta)}, num_failed={self.num_failed}, "
-            f"epochs={epochs}, best_validation_loss={loss:.4g}, "
-            f"simulation_seconds={self.simulation_seconds:.1f}, training_seconds={seconds:.1f})"
+        f = self._figures()
+        f["best_validation_loss"] = float(f"{f['best_validation_loss']:.4g}")
+        shown = (
+            f"{key}={value if isinstance(value, str) else repr(value)}" for key, value in f.items()
         )
+        return f"SiteReport({', '.join(shown)})"
 
 
 def train(

@@ -70,7 +70,8 @@ def _busy(stop) -> None:  # pragma: no cover - runs in another process
             value = 3.7 * value * (1.0 - value)
 
 
-def _timed(function: Callable[[], object], repeats: int) -> float:
+def median_seconds(function: Callable[[], object], repeats: int) -> float:
+    """The median wall time of `repeats` calls of `function()`, in seconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -95,7 +96,7 @@ def measure(threads: int, theta, x, x_obs, *, epochs: int, repeats: int) -> dict
     run = model(trained, len(x_obs))
     sampler = SliceMCMC(run, num_samples=10, warmup_steps=10, num_chains=100, seed=0,
                         num_candidates=1000, progress=False, num_threads=threads)  # fmt: skip
-    result["SliceMCMC run"] = _timed(lambda: sampler.run(x_obs), max(1, repeats // 2))
+    result["SliceMCMC run"] = median_seconds(lambda: sampler.run(x_obs), max(1, repeats // 2))
 
     from pyro.infer.mcmc.util import initialize_model
 
@@ -107,7 +108,7 @@ def measure(threads: int, theta, x, x_obs, *, epochs: int, repeats: int) -> dict
             value = potential(z)
             torch.autograd.grad(value, [z["theta"]])
 
-    result["NUTS gradient"] = _timed(gradient, repeats) / 20
+    result["NUTS gradient"] = median_seconds(gradient, repeats) / 20
     return result
 
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor
@@ -71,6 +70,7 @@ from pyro.infer.reparam import LocScaleReparam
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
 from pyro_sbi import MNLE, NLE, NRE, SimulatorDistribution, SliceMCMC, c2st, train
+from pyro_sbi.benchmark.threads import median_seconds
 from pyro_sbi.tasks import ddm
 
 SHAPES = ((5, 100), (20, 200), (50, 400))
@@ -213,12 +213,7 @@ def gradient_seconds(model, x: torch.Tensor, truth: torch.Tensor, repeats: int) 
         torch.autograd.grad(value, list(point.values()))
 
     once()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(once, repeats)
 
 
 # the linear-Gaussian task of the accuracy table
