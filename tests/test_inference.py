@@ -53,12 +53,14 @@ def learned_posterior(likelihood, x_o):
 
 
 # How far a likelihood learned from 20,000 simulations puts this 10-trial posterior from
-# the closed form depends on the training draw: the largest error of the posterior mean,
-# in posterior sds, measured over training seeds 0..5 was 0.37, 0.15, 0.12, 0.16, 0.10,
-# 0.11 (sd errors at most 0.08). The samplers are held to the exact posterior of the
-# learned likelihood tightly, and the learned posterior to the closed form within that
-# measured scatter.
-LEARNED_MEAN_ERROR, LEARNED_SD_ERROR = 0.4, 0.1
+# the closed form depends on the training draw: with NLE()'s defaults (a MAF, weight
+# averaging 0.99) the largest error of the posterior mean, in posterior sds, over training
+# seeds 0..5 was 0.197, 0.159, 0.123, 0.187, 0.091, 0.122 (sd errors at most 0.043); raw
+# weights gave 0.37 for seed 0. Training longer (patience 60) or averaging more (0.998)
+# leaves them as they are: the scatter comes from the simulations. The samplers are held
+# to the exact posterior of the learned likelihood tightly, and the learned posterior to
+# the closed form within that measured scatter.
+LEARNED_MEAN_ERROR, LEARNED_SD_ERROR = 0.25, 0.1
 
 
 @pytest.mark.slow
