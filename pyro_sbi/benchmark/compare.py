@@ -18,8 +18,8 @@ drift-diffusion task (``ddm``, 100 i.i.d. trials per observation of a reaction t
 a choice) takes ``mnle`` (and ``nre``) in place of ``nle``.
 
 Our estimators are the library's defaults, ``NLE()`` (a masked autoregressive flow, the
-flow of sbi's NLE) and ``NRE()``, and ``MNLE(discrete=[1], log_transform=True)`` (the
-reaction times on the log scale) for the drift-diffusion task, all with
+flow of sbi's NLE) and ``NRE()``, and ``MNLE(discrete=[1])`` for the drift-diffusion
+task, all with
 :func:`~pyro_sbi.fitting.fit`'s default settings; ``--flow nsf`` swaps in a spline flow for
 NLE (the two flows compared: benchmarks page, "Flow families").
 
@@ -111,7 +111,7 @@ def _estimator(method: str, flow: str = "maf"):
     if method == "nle":
         return NLE() if flow == "maf" else NLE(zuko.flows.NSF)
     if method == "mnle":
-        return MNLE(discrete=[1], log_transform=True)
+        return MNLE(discrete=[1])
     return NRE()
 
 
