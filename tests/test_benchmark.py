@@ -241,3 +241,17 @@ def test_trials_end_to_end_rows():
         assert row["ess_per_s"] == row["min_ess"] / row["seconds"]
     assert lines[0].startswith("trained MNLE(discrete=[1]) on 400 simulations")
     assert lines[1].startswith("| 2 × 8 | MNLE |") and lines[2].startswith("| 2 × 8 | exact |")
+
+
+@pytest.mark.slow
+def test_load_benchmark_kills_and_resumes_without_losing_rows(tmp_path):
+    from pyro_sbi.benchmark import load
+
+    n = 50_000
+    result = load.kill_and_resume(n, str(tmp_path))
+    # the run was killed part-way and the resumed run simulated only what was missing
+    assert 0.5 <= result["killed at"] < 1.0
+    assert result["resumed rows"] == round(n * (1 - result["killed at"]))
+    assert result["failed"] == 0 and result["peak MB"] > 0
+    status = load._committed(str(tmp_path / "killed.zarr"))
+    assert len(status) == n and (status == 0).all()
