@@ -22,6 +22,7 @@ __all__ = [
     "SimulatorDistribution",
     "SiteReport",
     "SliceMCMC",
+    "StoredPairs",
     "UntrainedEstimatorError",
     "__version__",
     "c2st",
@@ -53,6 +54,7 @@ from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
 from pyro_sbi.simulation import SimulationError, Simulations, simulate  # noqa: E402
 from pyro_sbi.sir import init_to_sir  # noqa: E402
+from pyro_sbi.streamed import StoredPairs  # noqa: E402
 from pyro_sbi.training import SiteReport, train  # noqa: E402
 
 _Distribution._validate_args = _validate_args

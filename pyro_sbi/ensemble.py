@@ -39,6 +39,7 @@ __all__ = ["Ensemble"]
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Size, Tensor, nn
@@ -48,6 +49,7 @@ from pyro_sbi._checks import as_count
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import BUFFERS, Estimator, estimator_class
 from pyro_sbi.fitting import History
+from pyro_sbi.streamed import StoredPairs
 
 
 class Ensemble(Estimator):
@@ -79,6 +81,8 @@ class Ensemble(Estimator):
         (3, torch.Size([10, 3]))
     """
 
+    streams: ClassVar[bool] = False  # members are trained on the data in memory
+
     def __init__(
         self, factory: Callable[[], Estimator], size: int = 5, *, bootstrap: bool = False
     ) -> None:
@@ -109,7 +113,7 @@ class Ensemble(Estimator):
                 setattr(member, name, getattr(self, name).clone())
             member._build()
 
-    def fit(self, theta: Tensor, x: Tensor, **options) -> list[History]:
+    def fit(self, theta: Tensor, x: Tensor | None = None, **options) -> list[History]:
         r"""Trains every member on `(theta, x)`, member `m` with the seed `seed + m`.
 
         Arguments:
@@ -120,6 +124,8 @@ class Ensemble(Estimator):
         Returns:
             The training :class:`~pyro_sbi.fitting.History` of each member.
         """
+        if isinstance(theta, StoredPairs):
+            self._check_stored(theta, x)
         theta, x = self._check_pair(theta, x)
         self.build(theta, x)
         seed = options.pop("seed", None)

@@ -37,6 +37,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from pyro_sbi.networks import activation_by_name, flow_by_name
+from pyro_sbi.streamed import StoredPairs
 
 FORMAT_VERSION = 1
 # options renamed since files were first written: old name -> new name
@@ -93,10 +94,13 @@ class Estimator(nn.Module):
         normalized: whether :meth:`log_prob` is a normalised density in `x`.
         fit_defaults: options of :func:`pyro_sbi.fitting.fit` that this kind of estimator
             trains with unless :meth:`fit` is given others.
+        streams: whether :meth:`fit` takes a :class:`~pyro_sbi.streamed.StoredPairs`
+            (outputs read from disk in blocks) in place of tensors.
     """
 
     normalized: bool = True
     fit_defaults: ClassVar[dict] = {}
+    streams: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs) -> None:
         """Registers every estimator class by name.
@@ -136,6 +140,19 @@ class Estimator(nn.Module):
         """The flattened size `L` of one simulator output."""
         return math.prod(self.x_shape)
 
+    def _check_stored(self, pairs: StoredPairs, x: None) -> StoredPairs:
+        """Checks that this estimator trains on stored pairs, given without a separate x."""
+        name = type(self).__name__
+        if x is not None:
+            raise TypeError(f"{name}.fit takes StoredPairs alone, without x")
+        if not self.streams:
+            raise TypeError(
+                f"{name} trains on data in memory: pass tensors (theta, x), not StoredPairs"
+            )
+        if len(pairs) < 2:
+            raise ValueError(f"{name}.fit needs at least 2 simulations")
+        return pairs
+
     def _check_pair(self, theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         if theta.dim() != 2:
             raise ValueError(
@@ -152,20 +169,29 @@ class Estimator(nn.Module):
         dtype = torch.get_default_dtype()
         return theta.to(dtype), x.to(dtype)
 
-    def build(self, theta: Tensor, x: Tensor) -> None:
+    def build(self, theta: Tensor | StoredPairs, x: Tensor | None = None) -> None:
         r"""Creates the networks for data like `(theta, x)` and sets z-score statistics.
 
         Arguments:
-            theta: `(n, D)` parameters.
+            theta: `(n, D)` parameters, or a :class:`~pyro_sbi.streamed.StoredPairs` of
+                both (whose statistics take one pass over its blocks; `x` is then `None`).
             x: `(n, *x_shape)` simulator outputs.
         """
-        theta, x = self._check_pair(theta, x)
+        if isinstance(theta, StoredPairs):
+            pairs = self._check_stored(theta, x)
+            theta, x_shape = pairs.theta, pairs.x_shape
+            moments = pairs.statistics(self._transform)
+        else:
+            theta, x = self._check_pair(theta, x)
+            x_shape, flat = x.shape[1:], x.reshape(len(x), -1)
+            transformed = self._transform(flat)
+            moments = {"mean": transformed.mean(0), "std": transformed.std(0),
+                       "min": flat.min(0).values, "max": flat.max(0).values}  # fmt: skip
         self.theta_dim = theta.shape[-1]
-        self.x_shape = Size(x.shape[1:])
-        flat = x.reshape(len(x), -1)
-        self.theta_loc, self.theta_scale = _loc_scale(theta, self.z_score)
-        self.x_loc, self.x_scale = _loc_scale(self._transform(flat), self.z_score)
-        self.x_min, self.x_max = flat.min(0).values, flat.max(0).values
+        self.x_shape = Size(x_shape)
+        self.theta_loc, self.theta_scale = _loc_scale(theta.mean(0), theta.std(0), self.z_score)
+        self.x_loc, self.x_scale = _loc_scale(moments["mean"], moments["std"], self.z_score)
+        self.x_min, self.x_max = moments["min"], moments["max"]
         self._remember_region(theta)
         self.num_simulations = 0
         self.validity = None  # belongs to the previous training data
@@ -219,11 +245,13 @@ class Estimator(nn.Module):
         distance = ((theta - self.theta_mean) @ self.theta_whiten.T).norm(dim=-1)
         return box | (distance > self.theta_radius)
 
-    def fit(self, theta: Tensor, x: Tensor, **options) -> object:
+    def fit(self, theta: Tensor | StoredPairs, x: Tensor | None = None, **options) -> object:
         r"""Builds the estimator afresh for `(theta, x)` and trains it.
 
         Arguments:
-            theta: `(n, D)` parameters.
+            theta: `(n, D)` parameters, or a :class:`~pyro_sbi.streamed.StoredPairs`
+                holding both, whose outputs are read from disk block by block (then `x`
+                is `None`; see :attr:`streams`).
             x: `(n, *x_shape)` simulator outputs for those parameters.
             options: options of :func:`pyro_sbi.fitting.fit` (`max_epochs`, `batch_size`,
                 `learning_rate`, `patience`, `seed`, `device`, `progress`, ...); they
@@ -238,7 +266,10 @@ class Estimator(nn.Module):
         """
         from pyro_sbi.fitting import TrainingInterrupted, fit  # imported here: no cycle
 
-        theta, x = self._check_pair(theta, x)
+        if isinstance(theta, StoredPairs):
+            self._check_stored(theta, x)
+        else:
+            theta, x = self._check_pair(theta, x)
         seed = options.get("seed")
         with torch.random.fork_rng(enabled=seed is not None):
             if seed is not None:
@@ -589,11 +620,10 @@ def _load_validity(header: dict, state: dict) -> Estimator:
     return validity
 
 
-def _loc_scale(data: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:
+def _loc_scale(loc: Tensor, scale: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:
+    """The z-score location and scale from the data's mean and sd (0 and 1 without)."""
     if not z_score:
-        return torch.zeros_like(data[0]), torch.ones_like(data[0])
-    loc = data.mean(0)
-    scale = data.std(0)
+        return torch.zeros_like(loc), torch.ones_like(scale)
     # A constant feature keeps unit scale rather than dividing by zero.
     scale = torch.where(scale > 1e-8 * (1 + loc.abs()), scale, torch.ones_like(scale))
     return loc, scale

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from pyro_sbi import threads
 from pyro_sbi._checks import as_count
+from pyro_sbi.streamed import StoredPairs
 
 
 @dataclass
@@ -128,8 +129,8 @@ def _moving_average(decay: float) -> Callable:
 
 def fit(
     estimator: nn.Module,
-    theta: Tensor,
-    x: Tensor,
+    theta: Tensor | StoredPairs,
+    x: Tensor | None = None,
     *,
     learning_rate: float = 1e-3,
     batch_size: int = 256,
@@ -149,7 +150,9 @@ def fit(
 
     Arguments:
         estimator: a module with a `loss(theta, x)` method returning a scalar.
-        theta: `(n, D)` parameters.
+        theta: `(n, D)` parameters, or a :class:`~pyro_sbi.streamed.StoredPairs` whose
+            outputs are read from disk block by block (then `x` is `None`): its
+            validation split is whole blocks and its batches come from a shuffle buffer.
         x: `(n, *x_shape)` simulator outputs.
         learning_rate: Adam's step size.
         batch_size: pairs per gradient step.
@@ -210,11 +213,19 @@ def _fit(
     estimator, theta, x, *, learning_rate, batch_size, max_epochs, patience,
     validation_fraction, clip_norm, lr_decay, average, bootstrap, seed, device, progress,
 ) -> History:  # fmt: skip
-    n = len(theta)
+    if isinstance(theta, StoredPairs):
+        if x is not None:
+            raise TypeError("fit takes StoredPairs alone, without x")
+        if bootstrap:
+            raise ValueError("fit: bootstrap needs the simulations in memory, not StoredPairs")
+        data = theta
+    else:
+        data = _InMemory(theta, x)
+    n = len(data)
     num_validation = max(1, int(round(validation_fraction * n)))
     if n - num_validation < 1:
         raise ValueError(f"fit needs more simulations than {n} for a validation split")
-    home = theta.device
+    home = data.theta.device
     device = torch.device(device) if device is not None else home
     history = History()
     start = time.perf_counter()
@@ -222,13 +233,10 @@ def _fit(
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
             torch.manual_seed(seed)
-        order = torch.randperm(n)
-        valid, train = order[:num_validation], order[num_validation:]
-        if bootstrap:
-            train = train[torch.randint(len(train), (len(train),))]
-        theta, x = theta.to(device), x.to(device)
-        theta_train, x_train = theta[train.to(device)], x[train.to(device)]
-        theta_valid, x_valid = theta[valid.to(device)], x[valid.to(device)]
+        if isinstance(data, StoredPairs):
+            train, valid = data.split(num_validation)
+        else:
+            train, valid = data.split(num_validation, bootstrap=bootstrap, device=device)
 
         estimator.to(device)
         estimator.requires_grad_(True)
@@ -243,16 +251,14 @@ def _fit(
             averaged = AveragedModel(estimator, multi_avg_fn=_moving_average(average))
         kept = estimator if averaged is None else averaged.module  # what is validated
         best_loss, best_state, stale = math.inf, None, 0
-        num_batches = max(1, math.ceil(len(train) / batch_size))
 
         bar = tqdm(range(max_epochs), desc="training", unit="epoch", disable=not progress)
         try:
             for epoch in bar:
                 estimator.train()
-                permutation = torch.randperm(len(train), device=device)
                 total = 0.0
-                for batch in permutation.chunk(num_batches):
-                    loss = estimator.loss(theta_train[batch], x_train[batch])
+                for batch_theta, batch_x in train.batches(batch_size):
+                    loss = estimator.loss(batch_theta.to(device), batch_x.to(device))
                     optimizer.zero_grad()
                     loss.backward()
                     if clip_norm is not None:
@@ -260,12 +266,12 @@ def _fit(
                     optimizer.step()
                     if averaged is not None:
                         averaged.update_parameters(estimator)
-                    total += loss.item() * len(batch)
+                    total += loss.item() * len(batch_theta)
                 history.train_loss.append(total / len(train))
 
                 kept.eval()
                 with torch.no_grad():
-                    validation = _batched_loss(kept, theta_valid, x_valid, 4 * batch_size)
+                    validation = _batched_loss(kept, valid, 4 * batch_size, device)
                 history.validation_loss.append(validation)
                 if scheduler is not None:
                     scheduler.step(validation)
@@ -305,9 +311,38 @@ def _fit(
     return history
 
 
-def _batched_loss(estimator: nn.Module, theta: Tensor, x: Tensor, batch_size: int) -> float:
+def _batched_loss(estimator: nn.Module, data, batch_size: int, device) -> float:
+    """The mean loss over `data` (in its order), in batches of `batch_size`."""
     total = 0.0
-    for start in range(0, len(theta), batch_size):
-        stop = start + batch_size
-        total += estimator.loss(theta[start:stop], x[start:stop]).item() * len(theta[start:stop])
-    return total / len(theta)
+    for theta, x in data.batches(batch_size, shuffle=False):
+        total += estimator.loss(theta.to(device), x.to(device)).item() * len(theta)
+    return total / len(data)
+
+
+class _InMemory:
+    """Pairs in memory: split once, then batched by a fresh permutation every epoch."""
+
+    def __init__(self, theta: Tensor, x: Tensor) -> None:
+        self.theta, self.x = theta, x
+
+    def __len__(self) -> int:
+        return len(self.theta)
+
+    def split(self, num_validation: int, *, bootstrap: bool, device) -> tuple:
+        """Random training and validation pairs on `device` (torch's random state)."""
+        order = torch.randperm(len(self))
+        valid, train = order[:num_validation], order[num_validation:]
+        if bootstrap:
+            train = train[torch.randint(len(train), (len(train),))]
+        theta, x = self.theta.to(device), self.x.to(device)
+        train, valid = train.to(device), valid.to(device)
+        return _InMemory(theta[train], x[train]), _InMemory(theta[valid], x[valid])
+
+    def batches(self, batch_size: int, *, shuffle: bool = True):
+        """Every pair once, as `(theta, x)` batches of about `batch_size`."""
+        if not shuffle:
+            yield from zip(self.theta.split(batch_size), self.x.split(batch_size), strict=True)
+            return
+        permutation = torch.randperm(len(self), device=self.theta.device)
+        for batch in permutation.chunk(max(1, math.ceil(len(self) / batch_size))):
+            yield self.theta[batch], self.x[batch]

@@ -110,6 +110,7 @@ class MNLE(Estimator):
     """
 
     fit_defaults: ClassVar[dict] = {"average": 0.99}
+    streams: ClassVar[bool] = False  # its checks of the discrete columns read all of x
 
     def __init__(
         self,

@@ -79,15 +79,44 @@ def _child(n: int, store: str, executor: str) -> None:
     print(f"RESULT {seconds:.3f} {peak_mb:.1f} {failed}", flush=True)
 
 
-def _run(n: int, store: str, executor: str = "embedded") -> tuple[float, float, int]:
-    """Runs :func:`_child` in a fresh process; returns seconds, peak MB, failures."""
+def _train_child(epochs: int, store: str, how: str) -> None:
+    """Trains `NLE()` for `epochs` epochs on the store in this process; prints the figures.
+
+    `how` is `"streamed"` (a :class:`~pyro_sbi.StoredPairs` of the store) or `"memory"`
+    (every row read into tensors first, as `estimator.fit(theta, x)` takes them).
+    """
+    from pyro_sbi import NLE, StoredPairs
+    from pyro_sbi.store import SimulationStore
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    if how == "streamed":
+        data = (StoredPairs.from_store(store),)
+    else:
+        import zarr
+
+        stored = SimulationStore(zarr.open_group(store, mode="r"))
+        x, *_ = stored.read()
+        data = (stored.theta().to(x.dtype), x)
+    history = NLE().fit(*data, max_epochs=epochs, patience=epochs, progress=False, seed=0)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"RESULT {seconds:.3f} {peak_mb:.1f} {history.validation_loss[-1]:.4f}", flush=True)
+
+
+def _run(n: int, store: str, executor: str = "embedded") -> tuple[float, float, str]:
+    """Runs :func:`_child` in a fresh process: seconds, peak MB, failures.
+
+    For an `executor` `train-*`, it runs :func:`_train_child` with `n` epochs instead,
+    whose third figure is the last validation loss.
+    """
     out = subprocess.run(
         [sys.executable, "-m", "pyro_sbi.benchmark.load", "--child", str(n), store, executor],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     line = next(line for line in out.stdout.splitlines() if line.startswith("RESULT"))
-    seconds, peak, failed = line.split()[1:]
-    return float(seconds), float(peak), int(failed)
+    seconds, peak, third = line.split()[1:]
+    return float(seconds), float(peak), third
 
 
 def _committed(store: str) -> np.ndarray:
@@ -146,10 +175,20 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.splitlines()[0])  # fmt: skip
     parser.add_argument("--num-simulations", type=int, default=1_000_000)
     parser.add_argument("--no-dask", action="store_true", help="skip the Dask run")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="epochs of the NLE trained on the store (0: no training)",
+    )
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        _child(int(args.child[0]), args.child[1], args.child[2])
+        count, store, mode = args.child
+        if mode.startswith("train-"):
+            _train_child(int(count), store, mode.removeprefix("train-"))
+        else:
+            _child(int(count), store, mode)
         return
     n = args.num_simulations
     print(f"\n{n} simulations of {X_DIM} floats; torch {torch.__version__}, "
@@ -161,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         direct, peak, _ = _run(n, "", "direct")
         print(f"| the simulator alone | {direct:.1f} | {n / direct:,.0f} | {peak:.0f} | one "
               "call on all rows, no store |", flush=True)  # fmt: skip
-        seconds, peak, _ = _run(n, os.path.join(folder, "embedded.zarr"))
+        embedded = os.path.join(folder, "embedded.zarr")
+        seconds, peak, _ = _run(n, embedded)
         print(f"| embedded | {seconds:.1f} | {n / seconds:,.0f} | {peak:.0f} | "
               f"{seconds / direct:.1f}x the simulator alone |", flush=True)  # fmt: skip
         resumed = kill_and_resume(n, folder)
@@ -178,6 +218,20 @@ def main(argv: list[str] | None = None) -> None:
                 seconds, peak, _ = _run(n, os.path.join(folder, "dask.zarr"), "dask")
                 print(f"| dask, 2 workers | {seconds:.1f} | {n / seconds:,.0f} | {peak:.0f} "
                       "| main process only |", flush=True)  # fmt: skip
+        if args.epochs > 0:
+            _print_training(embedded, n, args.epochs)
+
+
+def _print_training(store: str, n: int, epochs: int) -> None:
+    """The table of `NLE()` trained on the store, streamed and from memory."""
+    print(f"\n`NLE()` trained for {epochs} epochs on the {n} stored rows, one torch thread:\n")
+    print("| data | seconds | seconds / epoch | peak memory (MB) | validation loss |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for how, label in (("streamed", "`StoredPairs`, read in blocks"),
+                       ("memory", "tensors in memory")):  # fmt: skip
+        seconds, peak, loss = _run(epochs, store, f"train-{how}")
+        print(f"| {label} | {seconds:.1f} | {seconds / epochs:.1f} | {peak:.0f} | {loss} |",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
