@@ -11,11 +11,13 @@ distributions that `zuko` and Pyro change on import are restored.
 __version__ = "0.1.0"
 
 __all__ = [
+    "AmortizedGuide",
     "Ensemble",
     "Estimator",
     "History",
     "MNLE",
     "NLE",
+    "NPE",
     "NRE",
     "SimulationError",
     "Simulations",
@@ -47,10 +49,12 @@ from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
+from pyro_sbi.guide import AmortizedGuide  # noqa: E402
 from pyro_sbi.infer import SliceMCMC  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
+from pyro_sbi.npe import NPE  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
 from pyro_sbi.simulation import SimulationError, Simulations, simulate  # noqa: E402
 from pyro_sbi.sir import init_to_sir  # noqa: E402

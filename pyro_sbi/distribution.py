@@ -57,7 +57,9 @@ class SimulatorDistribution(TorchDistribution):
             be untrained while the model is built, and is trained by
             :func:`pyro_sbi.train`. With a `condition` it learns
             :math:`q(x \mid \theta, u)` on the context `[theta, condition]`, so its
-            `theta_dim` is `D + d_u`.
+            `theta_dim` is `D + d_u`. `None`: no likelihood; the site can be simulated
+            (and an :class:`~pyro_sbi.AmortizedGuide` trained on it), but
+            :meth:`log_prob` raises an error.
         condition: `(*batch_shape, d_u)` known inputs of the simulator that are not
             parameters (the design of the experiment: a stimulus per trial, a dose per
             subject). Its batch shape and `theta`'s broadcast against each other (the
@@ -106,7 +108,7 @@ class SimulatorDistribution(TorchDistribution):
         self,
         simulator: Callable,
         theta: Tensor,
-        estimator: Estimator,
+        estimator: Estimator | None = None,
         *,
         condition: Tensor | None = None,
         x_shape: tuple[int, ...] | Size | None = None,
@@ -122,7 +124,7 @@ class SimulatorDistribution(TorchDistribution):
                 f"a parameter dimension D; got a tensor of shape {tuple(theta.shape)}. For a "
                 "single parameter use theta.unsqueeze(-1)."
             )
-        if not isinstance(estimator, Estimator):
+        if estimator is not None and not isinstance(estimator, Estimator):
             raise TypeError(
                 f"SimulatorDistribution({name}): estimator must be a pyro_sbi estimator such "
                 f"as NLE(); got {type(estimator).__name__}"
@@ -131,16 +133,18 @@ class SimulatorDistribution(TorchDistribution):
         if condition is not None:
             condition = _checked_condition(name, condition, theta)
             batch_shape = torch.broadcast_shapes(batch_shape, condition.shape[:-1])
-        _check_context_dim(name, estimator, theta, condition)
+        if estimator is not None:
+            _check_context_dim(name, estimator, theta, condition)
+        learned = None if estimator is None else estimator.x_shape
         if x_shape is not None:
             x_shape = Size(x_shape)
-            if estimator.x_shape is not None and x_shape != estimator.x_shape:
+            if learned is not None and x_shape != learned:
                 raise ValueError(
                     f"SimulatorDistribution({name}): x_shape={tuple(x_shape)} differs from "
                     f"the shape {tuple(estimator.x_shape)} the estimator was trained on"
                 )
-        elif estimator.x_shape is not None:
-            x_shape = estimator.x_shape
+        elif learned is not None:
+            x_shape = learned
         self.simulator, self.theta, self.condition = simulator, theta, condition
         self.estimator, self.batched, self.numpy = estimator, batched, numpy
         self.x_shape = x_shape
@@ -188,7 +192,7 @@ class SimulatorDistribution(TorchDistribution):
     @property
     def support(self) -> constraints.Constraint:
         """Where `x` lives, as the estimator describes it (real vectors by default)."""
-        if self.estimator.x_shape is not None:
+        if self.estimator is not None and self.estimator.x_shape is not None:
             return self.estimator.support
         return constraints.independent(constraints.real, len(self.event_shape))
 
@@ -266,7 +270,7 @@ class SimulatorDistribution(TorchDistribution):
                 f"outputs of shape {tuple(x.shape[1:])}, expected {tuple(self.x_shape)}"
             )
         x = x.reshape(shape + x.shape[1:])
-        if not self.estimator.normalized:
+        if self.estimator is not None and not self.estimator.normalized:
             self._drawn = weakref.ref(x)  # log_prob(x) would mean a latent site
         return x
 
@@ -296,6 +300,13 @@ class SimulatorDistribution(TorchDistribution):
                 of the sample site to the message).
         """
         estimator = self.estimator
+        if estimator is None:
+            raise ValueError(
+                f"SimulatorDistribution({simulator_name(self.simulator)}) has no likelihood "
+                "estimator, so it has no log_prob: give it one, "
+                "SimulatorDistribution(simulator, theta, NLE()) (or MNLE(), NRE()), and train "
+                "it with pyro_sbi.train; an AmortizedGuide samples the posterior without one"
+            )
         estimator.check_trained()
         if not estimator.normalized and (
             getattr(value, "requires_grad", False)
@@ -461,7 +472,7 @@ def refuse_latent_ratio(fn: object, site: str) -> None:
         ValueError: the site's log-density would be a log-ratio, not a density in `x`.
     """
     fn = simulator_of(fn)
-    if fn is not None and not fn.estimator.normalized:
+    if fn is not None and fn.estimator is not None and not fn.estimator.normalized:
         raise ValueError(f"site {site!r}: {_latent_ratio_message(fn)}")
 
 

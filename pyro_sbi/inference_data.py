@@ -124,15 +124,21 @@ def to_inference_data(
     predictions: dict[str, list[Tensor]] = {name: [] for name in observed}
     ratio_sites = [
         name for name in observed if (sim := simulator_of(base.nodes[name]["fn"]))
-        and not sim.estimator.normalized
+        and (sim.estimator is None or not sim.estimator.normalized)
     ]  # fmt: skip
     members: dict[str, list[Tensor]] = {}
     for start in range(0, chains * draws, chunk_size):
         chunk = {name: value[start : start + chunk_size] for name, value in flat.items()}
         sites = runner(chunk)
-        lp.append(sum(_per_draw(site["log_prob"]) for site in sites.values()))
+        lp.append(
+            sum(
+                _per_draw(site["log_prob"])
+                for site in sites.values()
+                if site["log_prob"] is not None
+            )
+        )
         for name, site in sites.items():
-            if name in log_lik:
+            if name in log_lik and site["log_prob"] is not None:
                 log_lik[name].append(site["log_prob"])
             if "members" in site:
                 members.setdefault(name, []).append(site["members"])
@@ -160,7 +166,15 @@ def to_inference_data(
         groups["sample_stats"] = sample_stats
     if log_likelihood:
         for name in ratio_sites:
-            kind = type(simulator_of(base.nodes[name]["fn"]).estimator).__name__
+            estimator = simulator_of(base.nodes[name]["fn"]).estimator
+            if estimator is None:
+                warnings.warn(
+                    f"site {name!r} has no likelihood estimator, so the log_likelihood group "
+                    "leaves it out",
+                    stacklevel=2,
+                )
+                continue
+            kind = type(estimator).__name__
             warnings.warn(
                 f"site {name!r}: its estimator {kind} gives log p(x | theta) - log p(x), not a "
                 "normalised likelihood, so the log_likelihood group leaves it out (LOO and "
@@ -310,7 +324,11 @@ class DrawRunner:
             batch = _batch_shape(natural)
             simulator = simulator_of(site["fn"])
             log_p = None
-            if site["is_observed"] or simulator is None or simulator.estimator.normalized:
+            has_density = simulator is None or (
+                simulator.estimator is not None
+                and (site["is_observed"] or simulator.estimator.normalized)
+            )
+            if has_density:
                 # a simulated ratio site (a predictive draw) has no density to give
                 log_p = site["fn"].log_prob(site["value"])
                 log_p = log_p.expand(log_p.shape[: log_p.dim() - len(batch)] + batch)
@@ -326,7 +344,11 @@ class DrawRunner:
             ensembled = simulator is not None and isinstance(simulator.estimator, Ensemble)
             if self.members and site["is_observed"] and ensembled:
                 result["members"] = self._members(site, simulator, size, vectorized)
-            if simulator is not None and simulator.estimator.trained:
+            if (
+                simulator is not None
+                and simulator.estimator is not None
+                and simulator.estimator.trained
+            ):
                 if simulator.condition is None:
                     theta = simulator.theta.reshape(size, -1, simulator.theta.shape[-1])
                     result["outside"] = simulator.estimator.outside(theta).any(-1)

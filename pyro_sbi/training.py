@@ -48,6 +48,7 @@ from pyro_sbi._checks import as_count
 from pyro_sbi.distribution import SimulatorDistribution, simulator_of
 from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
+from pyro_sbi.guide import AmortizedGuide
 from pyro_sbi.runner import ModelRunner, model_keywords
 from pyro_sbi.seeds import derive
 from pyro_sbi.simulation import Simulations, simulate
@@ -138,6 +139,7 @@ def train(
     rounds: int = 1,
     sampler_options: Mapping | None = None,
     model_kwargs: Mapping | None = None,
+    guide: AmortizedGuide | None = None,
     **kwargs,
 ) -> dict[str, SiteReport]:
     r"""Simulates from the model's prior and trains the estimator of every simulator site.
@@ -184,6 +186,13 @@ def train(
         model_kwargs: keyword arguments of the model under any name, also one of this
             function's own options (such as `seed`); other keywords this function
             does not take go to the model too.
+        guide: an :class:`~pyro_sbi.AmortizedGuide` of the model, trained on
+            `num_simulations` draws of the model's prior predictive distribution (its
+            own simulations, beside those of the likelihood estimators); the model's
+            arguments mark which sites are observed. Simulator sites without an
+            estimator (`SimulatorDistribution(simulator, theta)`) are then only
+            simulated. Not with `rounds > 1`; `store=` keeps the likelihood
+            estimators' simulations only.
 
     Sequential rounds concentrate simulations where the posterior is, so the same
     budget buys a more accurate likelihood there (and a less accurate one elsewhere:
@@ -232,13 +241,23 @@ def train(
     if seed is not None:
         fit_options.setdefault("seed", seed)
 
+    if guide is not None and rounds > 1:
+        raise ValueError(
+            "train: an amortised guide learns from the prior; rounds > 1 would draw from "
+            "posteriors, which it cannot correct for"
+        )
+
     collector = _Collector()
     with poutine.block(), collector:
         model(*args, **kwargs)
-    if not collector.sites:
+    collector.sites = {
+        name: site for name, site in collector.sites.items() if site.estimator is not None
+    }
+    if not collector.sites and guide is None:
         raise ValueError(
-            "train found no SimulatorDistribution sample site in the model; wrap the "
-            "simulator as pyro.sample(name, SimulatorDistribution(simulator, theta, estimator))"
+            "train found no SimulatorDistribution sample site with an estimator in the "
+            "model; wrap the simulator as pyro.sample(name, SimulatorDistribution(simulator, "
+            "theta, estimator)), or pass guide=AmortizedGuide(model)"
         )
     if rounds > 1 and not collector.observed:
         raise ValueError(
@@ -297,6 +316,19 @@ def train(
                 prefix = f"round {round_index + 1}/{rounds}: " if rounds > 1 else ""
                 print(prefix + str(report))
             reports.update(dict.fromkeys(names, report))
+    if guide is not None:
+        guide.fit(
+            num_simulations, *args, seed=seed, fit_options=fit_options, progress=progress,
+            **kwargs,
+        )  # fmt: skip
+        if progress:
+            history = guide.history
+            print(
+                f"guide {type(guide.estimator).__name__} of "
+                f"{[latent.name for latent in guide.latents]}: "
+                f"{guide.estimator.num_simulations} simulations, {history.epochs} epochs, "
+                f"validation loss {history.best_validation_loss:.3f}"
+            )
     return reports
 
 

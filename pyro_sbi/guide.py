@@ -1,0 +1,399 @@
+r"""An amortised posterior as a Pyro guide: every latent site, given every observed one.
+
+:class:`AmortizedGuide` learns :math:`q(z \mid x)` for *all* latent sites :math:`z` of
+a model (hierarchical ones included) given all its observed sites :math:`x`, from the
+model's own prior predictive simulations, with a conditional density estimator
+(:class:`~pyro_sbi.NPE` by default):
+
+1. the model runs `N` times at once, unconditioned (`poutine.uncondition`), under an
+   extra plate: its latent sites draw from their priors and its observed sites are
+   simulated, the :class:`~pyro_sbi.SimulatorDistribution` sites by the real simulator;
+2. each latent site is mapped to its unconstrained space, :math:`u =
+   \mathrm{biject\_to}(\mathrm{support})^{-1}(z)`, flattened and concatenated (the
+   layout of :class:`~pyro_sbi.density.ModelDensity`), the observed values flattened
+   and concatenated into :math:`x`;
+3. the estimator is fitted to the pairs :math:`(u, x)`.
+
+Called as a guide, `guide(*args, **kwargs)` reads the observed values from the model
+run on the same arguments, draws :math:`u \sim q(u \mid x)` at an auxiliary site and
+gives every latent site its constrained value at a `Delta` site whose log-density is
+the Jacobian term, so the guide's log-density is
+
+.. math::
+
+    \log q(z \mid x) = \log q(u \mid x) - \log \left| \det \frac{\partial z}{\partial u}
+    \right| ,
+
+as in Pyro's `AutoContinuous` guides; bounded priors get no mass outside their
+support. It therefore works wherever Pyro takes a guide: `Predictive(model,
+guide=guide, num_samples=...)`, `pyro.infer.Importance(model, guide)`, and `SVI`
+(fine-tuning from the amortised start, after `guide.estimator.requires_grad_(True)`).
+
+Importance sampling with the guide as proposal corrects the amortised posterior where
+the model's density can be evaluated (tractable sites, and simulator sites with a
+likelihood estimator): :meth:`AmortizedGuide.importance` gives weighted draws and their
+effective sample size.
+"""
+
+from __future__ import annotations
+
+__all__ = ["AmortizedGuide", "ImportanceDraws"]
+
+import contextlib
+import math
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import sum_rightmost
+from torch import Size, Tensor
+
+from pyro_sbi._checks import as_count
+from pyro_sbi.density import ModelDensity
+from pyro_sbi.estimator import Estimator
+from pyro_sbi.fitting import History
+from pyro_sbi.runner import ModelRunner, base_trace
+
+AUXILIARY = "_amortized_guide_latent"  # the auxiliary site of the unconstrained draws
+
+
+@dataclass
+class ImportanceDraws:
+    r"""Draws of the guide weighted towards the model's posterior.
+
+    Attributes:
+        samples: `{name: (n, *shape)}` the guide's draws of every latent site.
+        log_weights: `(n,)` normalised log-weights, :math:`\log w_i - \log \sum_j w_j`
+            with :math:`w = p(x, z) / q(z \mid x)`.
+        ess: the effective sample size :math:`1 / \sum_i \bar w_i^2`; near `n` when the
+            guide is close to the posterior, near 1 when a few draws carry all weight.
+    """
+
+    samples: dict[str, Tensor]
+    log_weights: Tensor
+    ess: float
+
+    def resample(self, num_samples: int, *, seed: int | None = None) -> dict[str, Tensor]:
+        """`num_samples` draws resampled by weight (with replacement): `{name: (m, *shape)}`."""
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        index = torch.multinomial(
+            self.log_weights.exp(), num_samples, replacement=True, generator=generator
+        )
+        return {name: value[index] for name, value in self.samples.items()}
+
+
+class AmortizedGuide:
+    r"""A Pyro guide :math:`q(z \mid x)` of every latent site of `model`, amortised over data.
+
+    Train it with :func:`pyro_sbi.train` (`train(model, x_o, num_simulations=N,
+    guide=guide)`) or :meth:`fit`; the model's arguments mark which sites are observed
+    and their shapes (their values are not used in training). It then samples the
+    posterior given any data of those shapes without MCMC.
+
+    Arguments:
+        model: a Pyro model with continuous latent sites.
+        estimator: a conditional density estimator of parameters given data, trained
+            by :meth:`fit` (default :class:`~pyro_sbi.NPE`).
+
+    Attributes:
+        estimator: the estimator of :math:`q(u \mid x)`.
+        latents: the latent sites (:class:`~pyro_sbi.density.LatentSite`), in the order
+            of their blocks of :math:`u`; `None` before training.
+        observed: `{name: shape}` of the observed sites; `None` before training.
+        history: the training :class:`~pyro_sbi.History`.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def model(y=None):
+        ...     mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        ...     with pyro.plate("trials", 5):
+        ...         return pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+        >>> guide = AmortizedGuide(model)
+        >>> _ = guide.fit(2000, torch.zeros(5), seed=0, progress=False,
+        ...               fit_options={"max_epochs": 5})
+        >>> guide.sample_posterior(100, torch.ones(5))["mu"].shape
+        torch.Size([100])
+    """
+
+    def __init__(self, model: Callable, estimator: Estimator | None = None) -> None:
+        from pyro_sbi.npe import NPE  # here: NPE is a sibling, not a dependency of guides
+
+        self.model = model
+        self.estimator = NPE() if estimator is None else estimator
+        if not isinstance(self.estimator, Estimator):
+            raise TypeError(
+                "AmortizedGuide: estimator must be a pyro_sbi estimator of parameters given "
+                f"data, such as NPE(); got {type(self.estimator).__name__}"
+            )
+        self.latents = None
+        self.observed: dict[str, Size] | None = None
+        self.history: History | None = None
+        self._frames: dict[str, list] = {}
+        self._last = None  # (key, x) of the last data read
+
+    def __repr__(self) -> str:
+        """The model, the estimator and the sites once trained."""
+        name = getattr(self.model, "__qualname__", type(self.model).__name__)
+        sites = "" if self.latents is None else f", latent={[lat.name for lat in self.latents]}"
+        return f"AmortizedGuide({name}, {type(self.estimator).__name__}{sites})"
+
+    @property
+    def trained(self) -> bool:
+        """Whether the estimator was fitted."""
+        return self.estimator.trained and self.latents is not None
+
+    # the model's layout -----------------------------------------------------------------
+
+    def _layout(self, args: tuple, kwargs: dict) -> ModelDensity:
+        """Reads the latent and observed sites of the model run on `args`, `kwargs`."""
+        density = ModelDensity(self.model, args, kwargs)
+        base = density.runner.base
+        if not density.observed:
+            raise ValueError(
+                "AmortizedGuide: the model has no observed site with these arguments; pass "
+                "the data (or any values of its shape) so that the guide knows what it is "
+                "conditioned on, e.g. train(model, x_o, num_simulations=..., guide=guide)"
+            )
+        self.latents = density.latents
+        self.observed = {name: base.nodes[name]["value"].shape for name in density.observed}
+        self._frames = {
+            lat.name: [f for f in base.nodes[lat.name]["cond_indep_stack"] if f.vectorized]
+            for lat in self.latents
+        }
+        return density
+
+    def _data(self, args: tuple, kwargs: dict) -> Tensor:
+        """The observed values of the model run on `args`, flattened: `(d_x,)`."""
+        given = (*args, *kwargs.values())
+        if self._last is not None and _same(self._last[0], given):
+            return self._last[1]
+        if self.latents is None:
+            raise ValueError("AmortizedGuide: train the guide first (pyro_sbi.train(..., guide=))")
+        trace = base_trace(self.model, args, kwargs)
+        parts = []
+        for name, shape in self.observed.items():
+            site = trace.nodes.get(name)
+            if site is None or not site["is_observed"]:
+                raise ValueError(
+                    f"AmortizedGuide: site {name!r} was observed in training but is not "
+                    "observed with these arguments; pass its data"
+                )
+            value = site["value"]
+            if value.shape != shape:
+                raise ValueError(
+                    f"AmortizedGuide: site {name!r} was trained on data of shape "
+                    f"{tuple(shape)}; got {tuple(value.shape)}"
+                )
+            parts.append(value.detach().reshape(-1).to(torch.get_default_dtype()))
+        x = torch.cat(parts)
+        self._last = (_remember(given), x)
+        return x
+
+    # training -------------------------------------------------------------------------
+
+    def simulate(self, num_simulations: int, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        r"""Draws `(u, x)` pairs from the model's prior predictive distribution.
+
+        Arguments:
+            num_simulations: the number of draws `N`.
+            args: the model's positional arguments; its observed sites mark the data.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            `u (N, D)`, the latent sites on their unconstrained spaces, and `x (N, d_x)`,
+            the observed sites simulated at them, flattened. Draws whose simulations
+            failed (NaN or inf) are left out.
+        """
+        num_simulations = as_count(num_simulations, "AmortizedGuide.simulate: num_simulations")
+        density = self._layout(args, kwargs)
+        runner = ModelRunner(
+            poutine.uncondition(self.model), args, kwargs, nesting=density.runner.nesting
+        )
+        latents, observed = self.latents, self.observed
+
+        def read(trace, n, vectorized):
+            def value(name, shape):
+                value = trace.nodes[name]["value"]
+                return value.reshape(n, *shape) if vectorized else value[None]
+
+            z = {lat.name: value(lat.name, lat.shape) for lat in latents}
+            x = torch.cat(
+                [value(name, shape).reshape(n, -1) for name, shape in observed.items()], -1
+            )
+            return density.unconstrain(z), x
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*simulations failed and are NaN.*")
+            runs, _ = runner.run(size=num_simulations, read=read)
+        u = torch.cat([run[0] for run in runs]).to(torch.get_default_dtype())
+        x = torch.cat([run[1] for run in runs]).to(torch.get_default_dtype())
+        finite = torch.isfinite(x).all(-1) & torch.isfinite(u).all(-1)
+        return u[finite], x[finite]
+
+    def fit(
+        self,
+        num_simulations: int,
+        *args,
+        seed: int | None = None,
+        fit_options: Mapping | None = None,
+        progress: bool = True,
+        **kwargs,
+    ) -> History:
+        r"""Simulates `num_simulations` draws of the model and fits the estimator to them.
+
+        Arguments:
+            num_simulations: prior predictive draws `N` (each runs every observed site's
+                simulator once per trial).
+            args: the model's positional arguments; its observed sites mark the data.
+            kwargs: the model's keyword arguments.
+            seed: seeds the draws (`pyro.set_rng_seed`) and the training.
+            fit_options: options of :func:`pyro_sbi.fitting.fit`.
+            progress: show a progress bar.
+
+        Returns:
+            The training :class:`~pyro_sbi.History`.
+        """
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        u, x = self.simulate(num_simulations, *args, **kwargs)
+        if len(u) < 2:
+            raise ValueError(
+                f"AmortizedGuide.fit: {len(u)} of {num_simulations} prior predictive draws "
+                "simulated without failing; it needs at least 2"
+            )
+        options = {"progress": progress, **(fit_options or {})}
+        if seed is not None:
+            options.setdefault("seed", seed)
+        self.history = self.estimator.fit(u, x, **options)
+        self._last = None
+        return self.history
+
+    # as a guide -----------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs) -> dict[str, Tensor]:
+        """Samples every latent site given the observed values of `model(*args, **kwargs)`.
+
+        Returns:
+            `{name: value}` of the latent sites (constrained).
+        """
+        x = self._data(args, kwargs)
+        if any(p.requires_grad for p in self.estimator.parameters()):
+            pyro.module("amortized_guide", self.estimator)
+        u = pyro.sample(AUXILIARY, self.estimator(x), infer={"is_auxiliary": True})
+        values = {}
+        for latent, free in zip(self.latents, self._blocks(u), strict=True):
+            value = latent.transform(free)
+            event_dim = len(latent.shape) - latent.batch_dims
+            log_density = -latent.transform.log_abs_det_jacobian(free, value)
+            log_density = sum_rightmost(log_density, log_density.dim() - value.dim() + event_dim)
+            with contextlib.ExitStack() as stack:
+                for frame in self._frames[latent.name]:
+                    stack.enter_context(pyro.plate(frame.name, frame.size, dim=frame.dim))
+                values[latent.name] = pyro.sample(
+                    latent.name, dist.Delta(value, log_density=log_density, event_dim=event_dim)
+                )
+        return values
+
+    def _blocks(self, u: Tensor) -> list[Tensor]:
+        """`u (*, D)` cut into each latent site's unconstrained value `(*, *free_shape)`."""
+        batch, start, blocks = u.shape[:-1], 0, []
+        for latent in self.latents:
+            blocks.append(u[..., start : start + latent.size].reshape(batch + latent.free_shape))
+            start += latent.size
+        return blocks
+
+    # direct use -----------------------------------------------------------------------
+
+    def sample_posterior(self, num_samples: int, *args, **kwargs) -> dict[str, Tensor]:
+        r"""`num_samples` draws of every latent site given the data, in one batch.
+
+        Arguments:
+            num_samples: the number of draws `n`.
+            args: the model's positional arguments, holding the data.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            `{name: (n, *shape)}` constrained values.
+        """
+        num_samples = as_count(num_samples, "AmortizedGuide.sample_posterior: num_samples")
+        x = self._data(args, kwargs)
+        u = self.estimator.sample(x, (num_samples,))
+        return {
+            latent.name: latent.transform(free)
+            for latent, free in zip(self.latents, self._blocks(u), strict=True)
+        }
+
+    def log_prob(self, samples: Mapping[str, Tensor], *args, **kwargs) -> Tensor:
+        r"""The guide's log-density :math:`\log q(z \mid x)` of constrained draws.
+
+        Arguments:
+            samples: `{name: (n, *shape)}` values of every latent site.
+            args: the model's positional arguments, holding the data.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            `(n,)` log-densities, Jacobians included.
+        """
+        x = self._data(args, kwargs)
+        parts, log_det = [], 0.0
+        for latent in self.latents:
+            value = samples[latent.name]
+            free = latent.transform.inv(value)
+            ladj = latent.transform.log_abs_det_jacobian(free, value)
+            log_det = log_det + ladj.reshape(len(value), -1).sum(-1)
+            parts.append(free.reshape(len(value), -1))
+        return self.estimator.log_prob(torch.cat(parts, -1), x) - log_det
+
+    def importance(self, num_samples: int, *args, **kwargs) -> ImportanceDraws:
+        r"""Draws of the guide weighted by :math:`p(x, z) / q(z \mid x)`.
+
+        The model's log joint is evaluated at all draws in one vectorised run; it needs
+        every observed site to have a density (a simulator site needs its likelihood
+        estimator). Resample the result, or use its weights, for the corrected posterior.
+
+        Arguments:
+            num_samples: the number of draws.
+            args: the model's positional arguments, holding the data.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            The :class:`ImportanceDraws`.
+        """
+        samples = self.sample_posterior(num_samples, *args, **kwargs)
+        density = ModelDensity(self.model, args, kwargs)
+        z = density.unconstrain(samples)
+        with torch.no_grad():  # both densities on the unconstrained space of u
+            log_joint = density(z.to(torch.get_default_dtype()))
+            log_q = self.estimator.log_prob(z, self._data(args, kwargs))
+        log_w = torch.nan_to_num(log_joint - log_q, nan=-math.inf)
+        normalised = log_w - torch.logsumexp(log_w, 0)
+        ess = float(1.0 / normalised.exp().pow(2).sum())
+        return ImportanceDraws(samples, normalised, ess)
+
+
+def _remember(values: tuple) -> list:
+    """What identifies the arguments of a call: tensors by weak reference and version."""
+    return [
+        (weakref.ref(value), value._version) if isinstance(value, Tensor) else (value, None)
+        for value in values
+    ]
+
+
+def _same(remembered: list, values: tuple) -> bool:
+    """Whether `values` are the very arguments `remembered`, tensors unmodified since."""
+    if len(remembered) != len(values):
+        return False
+    for (kept, version), value in zip(remembered, values, strict=True):
+        if isinstance(value, Tensor):
+            if not isinstance(kept, weakref.ref) or kept() is not value:
+                return False
+            if version != value._version:
+                return False
+        elif kept is not value:
+            return False
+    return True
