@@ -52,6 +52,7 @@ from __future__ import annotations
 
 __all__ = ["MNLE"]
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
@@ -216,6 +217,10 @@ class MNLE(Estimator):
         super().build(theta, x)
         # The discrete columns reach the networks unchanged (location 0, scale 1).
         self.x_loc[discrete], self.x_scale[discrete] = 0.0, 1.0
+        offsets = [0, *itertools.accumulate(self._classes)][:-1]
+        for k, (offset, classes) in enumerate(zip(offsets, self._classes, strict=True)):
+            counts = torch.bincount(values[:, k].long(), minlength=classes)
+            self.seen[offset : offset + classes] = counts > 0
 
     def _build(self) -> None:
         self.discrete, self.continuous, self.logged = self._columns(self.x_features)
@@ -225,6 +230,8 @@ class MNLE(Estimator):
         # the one-hot code of every joint category, in the order of the joint index
         values = torch.arange(math.prod(classes))[:, None] // self.strides % torch.tensor(classes)
         self.register_buffer("_codes", self._one_hot(values), persistent=False)
+        # which value of each discrete column the training data holds (set by build)
+        self.register_buffer("seen", torch.ones(sum(classes), dtype=torch.bool))
         self.classifier = ResidualMLP(
             self.theta_dim,
             math.prod(classes),
@@ -294,6 +301,7 @@ class MNLE(Estimator):
         high = torch.as_tensor(self._classes, dtype=values.dtype, device=values.device) - 1
         bad = ~integer if not bool(integer.all()) else (values < 0) | (values > high)
         if not bool(bad.any()):
+            self._check_seen(values, x.shape)
             return
         first = bad.nonzero()[0].tolist()
         column = self.discrete[first[-1]]
@@ -313,6 +321,27 @@ class MNLE(Estimator):
             f"training simulations: {value} at index {where} of x of shape "
             f"{tuple(x.shape)}, whose probability was never learned; {learned}"
         )
+
+    def _check_seen(self, values: Tensor, shape: Size) -> None:
+        """Raises when an integer in a discrete column's range was absent from training."""
+        offsets = torch.tensor([0, *itertools.accumulate(self._classes)][:-1])
+        unseen = ~self.seen[(values.long() + offsets.to(values.device)).clamp(min=0)]
+        if not bool(unseen.any()):
+            return
+        first = unseen.nonzero()[0].tolist()
+        k, column = first[-1], self.discrete[first[-1]]
+        seen = self.seen[offsets[k] : offsets[k] + self._classes[k]].nonzero().squeeze(-1)
+        raise ValueError(
+            f"MNLE: the discrete column {column} of x holds {values[tuple(first)].item():g} at "
+            f"index {tuple(first[:-1] + [column])} of x of shape {tuple(shape)}, a value the "
+            f"training simulations never produced (they hold {seen.tolist()}), whose "
+            "probability was never learned"
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Reads files written before `seen` was kept: every value in range counts as seen."""
+        state_dict.setdefault(prefix + "seen", self.seen)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _transform(self, x: Tensor) -> Tensor:
         """Flat `x (*, L)` with the log-scaled columns replaced by their logarithms."""

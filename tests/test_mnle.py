@@ -71,6 +71,22 @@ def test_rejects_non_integer_and_unseen_values(trained):
         trained.log_prob(torch.tensor([1.0, 2.0]), torch.tensor([0.0]))
 
 
+def test_rejects_a_value_in_range_that_training_never_produced(tmp_path):
+    """Catches a support check by range alone: a choice of 1 between the trained 0 and 2
+    has no learned probability and must be refused, also after saving and loading."""
+    torch.manual_seed(0)
+    theta = torch.rand(400, 1)
+    x = torch.stack([theta[:, 0].exp(), 2.0 * torch.bernoulli(theta[:, 0])], -1)  # 0 or 2
+    estimator = MNLE(discrete=[1])
+    estimator.fit(theta, x, max_epochs=1, progress=False, seed=0)
+    estimator.save(tmp_path / "mnle.pt")
+    for model in (estimator, MNLE.load(tmp_path / "mnle.pt")):
+        model.check_support(torch.tensor([[1.0, 0.0], [1.0, 2.0]]))
+        with pytest.raises(ValueError, match=r"holds 1 at index \(1, 1\).*never produced "
+                           r"\(they hold \[0, 2\]\)"):  # fmt: skip
+            model.log_prob(torch.tensor([[1.0, 2.0], [1.0, 1.0]]), torch.tensor([0.5]))
+
+
 def test_non_positive_log_scaled_value_has_zero_density(trained):
     log_p = trained.log_prob(torch.tensor([[-1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]), torch.zeros(1))
     assert log_p[:2].eq(-math.inf).all() and log_p[2].isfinite()
