@@ -167,14 +167,15 @@ class AmortizedGuide:
         }
         return density
 
-    def _data(self, args: tuple, kwargs: dict) -> Tensor:
-        """The observed values of the model run on `args`, flattened: `(d_x,)`."""
-        given = (*args, *kwargs.values())
+    def _data(self, args: tuple, kwargs: dict, model: Callable | None = None) -> Tensor:
+        """The observed values of `model` (the guide's) run on `args`, flattened: `(d_x,)`."""
+        model = model or self.model
+        given = (model, *args, *kwargs.values())
         if self._last is not None and _same(self._last[0], given):
             return self._last[1]
         if self.latents is None:
             raise ValueError("AmortizedGuide: train the guide first (pyro_sbi.train(..., guide=))")
-        trace = base_trace(self.model, args, kwargs)
+        trace = base_trace(model, args, kwargs)
         parts = []
         for name, shape in self.observed.items():
             site = trace.nodes.get(name)
@@ -320,8 +321,25 @@ class AmortizedGuide:
         Returns:
             `{name: (n, *shape)}` constrained values.
         """
+        return self.sample_given(self.model, num_samples, args, kwargs)
+
+    def sample_given(
+        self, model: Callable, num_samples: int, args: tuple = (), kwargs: Mapping | None = None
+    ) -> dict[str, Tensor]:
+        r"""Like :meth:`sample_posterior`, with the data read from another model's run.
+
+        Arguments:
+            model: the guide's model with its data set some other way, e.g.
+                `poutine.condition(model, data)` (as :func:`~pyro_sbi.sbc` does).
+            num_samples: the number of draws `n`.
+            args: that model's positional arguments.
+            kwargs: its keyword arguments.
+
+        Returns:
+            `{name: (n, *shape)}` constrained values.
+        """
         num_samples = as_count(num_samples, "AmortizedGuide.sample_posterior: num_samples")
-        x = self._data(args, kwargs)
+        x = self._data(tuple(args), dict(kwargs or {}), model)
         u = self.estimator.sample(x, (num_samples,))
         return {
             latent.name: latent.transform(free)

@@ -10,6 +10,9 @@ r"""Diagnostics: can the learned likelihood and the posterior be trusted?
   whole pipeline (learned likelihood and sampler) is calibrated. Its
   :class:`SBCResult` also gives the expected coverage of central credible intervals per
   parameter and of joint highest-posterior-density regions.
+- :func:`tarp` tests the coverage of the joint posterior from its draws alone, with
+  random reference points (Lemos et al., 2023); cheap with an amortised guide, whose
+  draws for a thousand data sets take seconds.
 - :func:`outside_training` measures how much of a posterior lies where a simulator
   site's estimator never saw training parameters (local validity).
 - :func:`likelihood_error` estimates, without an exact likelihood, how far the
@@ -28,6 +31,9 @@ References:
     | Validating Bayesian Inference Algorithms with Simulation-Based Calibration
     | (Talts et al., 2018) https://arxiv.org/abs/1804.06788
 
+    | Sampling-Based Accuracy Testing of Posterior Estimators for General Inference
+    | (Lemos et al., 2023) https://arxiv.org/abs/2302.03026
+
     | Graphical Test for Discrete Uniformity and its Applications in Goodness of Fit
     | Evaluation and Multiple Sample Comparison (Säilynoja et al., 2022)
     | https://arxiv.org/abs/2103.10522
@@ -35,9 +41,19 @@ References:
 
 from __future__ import annotations
 
-__all__ = ["SBCResult", "c2st", "likelihood_error", "outside_training", "ppc", "sbc"]
+__all__ = [
+    "SBCResult",
+    "TARPResult",
+    "c2st",
+    "likelihood_error",
+    "outside_training",
+    "ppc",
+    "sbc",
+    "tarp",
+]
 
 from pyro_sbi.diagnostics.calibration import SBCResult, sbc
+from pyro_sbi.diagnostics.coverage import TARPResult, tarp
 from pyro_sbi.diagnostics.local_validity import likelihood_error, outside_training
 from pyro_sbi.diagnostics.predictive import ppc
 from pyro_sbi.diagnostics.two_sample import c2st
