@@ -12,9 +12,20 @@ def _inside(values: np.ndarray) -> bool:
 
 
 def test_the_ecdf_band_holds_uniform_values_95_percent_of_the_time():
+    """Catches `prob` not passed on (a 99 % band: 0.99 of the replications inside) or a
+    pointwise band (far fewer), and an ECDF of the values that is not theirs.
+
+    The band depends on `n` and `prob` only, so it is computed once and 1000 replications
+    are checked against it: Monte Carlo sd 0.007. Measured over four sets of 2000
+    replications: 0.950-0.954 on ArviZ 0.x, 0.945-0.949 on 1.x (its band simulated once).
+    """
     rng = np.random.default_rng(0)
-    share = np.mean([_inside(rng.uniform(size=100)) for _ in range(100)])
-    assert 0.88 <= share <= 1.0  # 95 % nominal; 100 replications: sd 2.2 %
+    values = rng.uniform(size=(1000, 100))
+    points, ecdf, lower, upper = ecdf_band(values[0], 0.95)
+    ecdfs = (values[:, None, :] <= points[:, None]).mean(-1)  # (replications, points)
+    np.testing.assert_allclose(ecdf, ecdfs[0])
+    share = np.mean(((lower <= ecdfs) & (ecdfs <= upper)).all(-1))
+    assert abs(share - 0.95) < 0.03
 
 
 def test_the_ecdf_band_rejects_skewed_values():

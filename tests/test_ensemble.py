@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pyro
@@ -33,9 +34,23 @@ def test_mixture_is_normalised(likelihoods):
 
 
 def test_mixture_samples(likelihoods):
-    x = likelihoods(torch.zeros(4, 1)).sample((500,))
-    assert x.shape == (500, 4, 1)
-    assert abs(x.mean() - 0.0) < 0.1 and abs(x.std() - 0.5) < 0.1
+    """Catches samples drawn from one member only, or one member picked for a whole batch
+    or a whole sample instead of one per draw: the members are moved 10 apart in x."""
+    ensemble = copy.deepcopy(likelihoods)
+    for k, member in enumerate(ensemble.members):
+        member.x_loc += 10.0 * k  # member k's likelihood is N(10 k + theta, 0.5^2), nearly
+    x = ensemble(torch.zeros(4, 1)).sample((3000,))
+    assert x.shape == (3000, 4, 1)
+    member = (x[..., 0] / 10).round().long()  # (3000, 4): which member drew each value
+    assert set(member.unique().tolist()) == {0, 1, 2}
+    # each draw picks a member with probability 1/3: per batch element, 4 binomial sds
+    shares = torch.stack([(member == k).float().mean(0) for k in range(3)])  # (3, 4)
+    assert ((shares - 1 / 3).abs() < 4 * math.sqrt(2 / 9 / 3000)).all()
+    # and independently of the other batch elements: a pair agrees 1/3 of the time
+    agree = (member[:, 0] == member[:, 1]).float().mean()
+    assert abs(agree - 1 / 3) < 4 * math.sqrt(2 / 9 / 3000)
+    residual = x[..., 0] - 10.0 * member
+    assert abs(residual.mean()) < 0.1 and abs(residual.std() - 0.5) < 0.1
 
 
 def test_ratio_ensemble_averages_log_ratios():

@@ -4,6 +4,7 @@ import math
 import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 import zuko
@@ -77,9 +78,17 @@ def test_fit_sets_shapes_and_freezes(trained):
     ],
 )
 def test_log_prob_broadcasts(trained, x_shape, theta_shape, expected):
+    """Catches a broadcast that pairs an x with another theta than its own (x tiled
+    instead of repeated, a shared-x or shared-theta path that mixes rows): every entry
+    equals the estimator on that one pair alone."""
     estimator, _ = trained
     x = estimator.simulator(torch.randn(x_shape).reshape(-1, 2)).reshape(x_shape)
-    assert estimator.log_prob(x, torch.randn(theta_shape)).shape == expected
+    theta = torch.randn(theta_shape)
+    log_p = estimator.log_prob(x, theta)
+    assert log_p.shape == expected
+    xs, thetas = torch.broadcast_tensors(x, theta)
+    single = [estimator.log_prob(xs[i], thetas[i]) for i in np.ndindex(*expected)]
+    assert torch.allclose(log_p, torch.stack(single).reshape(expected), atol=1e-5)
 
 
 def test_log_prob_prefers_the_true_theta(trained):

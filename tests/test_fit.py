@@ -8,25 +8,57 @@ from simulators import pairs
 from pyro_sbi import NLE, NRE, fit
 
 
+class _Valley(torch.nn.Module):
+    """Training loss -w, so Adam moves w up by the learning rate at every step; validation
+    loss (w - centre)^2, so the validation loss falls, reaches its minimum, then rises."""
+
+    def __init__(self, centre):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.centre, self.steps = centre, []
+
+    def loss(self, theta, x):
+        if not self.training:
+            return (self.w - self.centre) ** 2 + 0.0 * theta.sum()
+        self.steps.append(self.w.item())
+        return -self.w + 0.0 * theta.sum()
+
+
+VALLEY = dict(batch_size=10, clip_norm=None, average=0.0, progress=False, seed=0)
+
+
 def test_constant_learning_rate():
-    estimator = NLE(zuko.flows.MAF)
-    theta, x = pairs(300)
-    estimator.build(theta, x)
-    history = fit(estimator, theta, x, lr_decay=1.0, max_epochs=4, progress=False, seed=0)
-    assert history.epochs == 4 and not history.stopped_early
+    """Catches `lr_decay=1.0` not passed on (the default 0.5 used): the learning rate halved
+    once the validation loss rises. With the decay, it is halved where expected."""
+    theta = torch.zeros(110, 1)  # 100 training pairs, 10 steps an epoch
+    constant = _Valley(centre=0.12)
+    history = fit(constant, theta, theta, learning_rate=0.01, lr_decay=1.0, max_epochs=6,
+                  patience=8, **VALLEY)  # fmt: skip
+    assert history.epochs == 6 and not history.stopped_early
+    steps = torch.tensor(constant.steps).diff()
+    assert len(steps) == 59 and torch.allclose(steps, torch.full((59,), 0.01), atol=1e-6)
+    # epochs 0-5 end at w = 0.1, ..., 0.6: the validation loss is lowest after epoch 0;
+    # the scheduler's patience is max(1, 8 // 4) = 2 epochs, so after epoch 3 (its third
+    # without improvement) the rate is halved for epochs 4 and 5
+    decayed = _Valley(centre=0.12)
+    fit(decayed, theta, theta, learning_rate=0.01, lr_decay=0.5, max_epochs=6, patience=8,
+        **VALLEY)  # fmt: skip
+    expected = torch.tensor([0.01] * 40 + [0.005] * 19)
+    assert torch.allclose(torch.tensor(decayed.steps).diff(), expected, atol=1e-6)
 
 
 def test_early_stopping_keeps_the_best_epoch():
-    estimator = NLE(zuko.flows.MAF)
-    theta, x = pairs(300)
-    estimator.build(theta, x)
-    # a tiny patience with a large step size stops early; the kept weights are the best
-    history = fit(
-        estimator, theta, x, learning_rate=0.05, patience=1, max_epochs=200, progress=False, seed=0
-    )
-    assert history.stopped_early and history.epochs < 200
+    """Catches the weights of the last epoch kept instead of those of the best one."""
+    theta = torch.zeros(110, 1)
+    estimator = _Valley(centre=0.32)  # w = 0.1 (e + 1) after epoch e: the best is epoch 2
+    history = fit(estimator, theta, theta, learning_rate=0.01, lr_decay=1.0, patience=2,
+                  max_epochs=200, **VALLEY)  # fmt: skip
+    assert history.stopped_early and history.epochs == 5 and history.best_epoch == 2
     assert history.best_validation_loss == min(history.validation_loss)
-    assert history.best_epoch < history.epochs - 1
+    assert estimator.w.item() == pytest.approx(0.3, abs=1e-5)  # not 0.5, the last epoch's
+    assert history.best_validation_loss == pytest.approx((0.3 - 0.32) ** 2, abs=1e-6)
+    estimator.eval()
+    assert estimator.loss(theta, theta).item() == pytest.approx(history.best_validation_loss)
 
 
 class _Drift(torch.nn.Module):

@@ -150,16 +150,27 @@ def test_density_is_the_same_vectorised_and_one_point_at_a_time():
 
 
 def test_a_model_that_cannot_take_an_extra_plate_runs_point_by_point():
+    """Catches a point-by-point density evaluated at another point than its own (every
+    point at the first) or without its observed site: the chains against the closed-form
+    posterior N(y / 0.09 / P, 1 / P), P = 1 + 1 / 0.3^2 (means +-1.376, sd 0.287).
+
+    Measured over seeds 0-5: mean errors at most 0.08 (3.0 Monte Carlo sds of an ESS of
+    120-170), sd ratios 0.90-1.04; a density without the observation is off by 1.4."""
+
     def fixed(y):
         theta = pyro.sample("theta", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
-        pyro.sample("y", dist.Normal(theta.reshape(2), 1.0).to_event(1), obs=y)
+        pyro.sample("y", dist.Normal(theta.reshape(2), 0.3).to_event(1), obs=y)
 
-    y = torch.tensor([0.5, -0.5])
+    y = torch.tensor([1.5, -1.5])
     mcmc = SliceMCMC(fixed, num_samples=50, num_chains=4, warmup_steps=10, num_candidates=50,
                      seed=0, progress=False)  # fmt: skip
     with pytest.warns(UserWarning, match="once per point"):
         theta = mcmc.run(y).get_samples()["theta"]
     assert theta.shape == (200, 2) and torch.isfinite(theta).all()
+    precision = 1.0 + 1.0 / 0.3**2
+    mean, sd = y / 0.3**2 / precision, precision**-0.5
+    assert ((theta.mean(0) - mean).abs() < 0.15).all()
+    assert ((theta.std(0) / sd - 1).abs() < 0.25).all()
 
 
 def test_slice_mcmc_counts_may_be_integral_floats():

@@ -1,3 +1,4 @@
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -357,13 +358,24 @@ def test_a_batched_call_that_raises_is_retried_row_by_row():
 
 
 def test_nan_outputs_of_a_batched_simulator_fail_their_rows_only():
+    """Catches a row failed only when all its entries are non-finite (one NaN kept as
+    data), the failure marked on other rows than the simulator's, or good rows of the
+    batch blanked with the bad ones."""
+
     def holes(theta):
         x = theta.clone()
-        x[::3] = float("inf")
+        x[0] = float("inf")  # a whole row
+        x[3, 1] = float("nan")  # one entry of a row
+        x[6, 0] = -float("inf")
         return x
 
-    out = simulate(holes, torch.ones(9, 2), batch_size=9, seed=0, progress=False)
-    assert out.counts()["nonfinite"] == 3 and out.num_failed == 3
+    theta = torch.arange(18.0).reshape(9, 2)
+    out = simulate(holes, theta, batch_size=9, seed=0, progress=False)
+    assert out.counts() == {"nonfinite": 3, "error": 0, "timeout": 0} and out.num_failed == 3
+    failed = torch.tensor([row in (0, 3, 6) for row in range(9)])
+    assert torch.equal(out.ok, ~failed)
+    assert torch.isnan(out.x[failed]).all() and torch.equal(out.x[~failed], theta[~failed])
+    assert sorted(out.messages) == [0, 3, 6] and "NaN or inf" in out.messages[3]
 
 
 def test_theta_given_to_a_simulator_that_modifies_it_is_a_copy():
@@ -377,17 +389,31 @@ def test_theta_given_to_a_simulator_that_modifies_it_is_a_copy():
     assert torch.equal(out.x, torch.ones(4, 2))
 
 
+def sleepy(theta):
+    """Sleeps 0.2 s: three calls take at least 0.6 s, however fast the machine."""
+    time.sleep(0.2)
+    return theta.clone()
+
+
 def test_a_timeout_keeps_the_callers_own_timer():
+    """Catches the caller's timer given back whole (the time spent simulating not taken
+    off it), not given back, or lost when it expired during a call. Bounds from the sleeps
+    alone: at least 0.6 s pass inside `simulate`, so at most 1.4 s of 2 s can be left."""
     import signal
 
     fired = []
     previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(True))
+    options = dict(batched=False, timeout=5.0, progress=False)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 1.0)
-        simulate(
-            simulators.noisy_one, torch.zeros(3, 1), batched=False, timeout=5.0, progress=False
-        )
-        assert 0.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 1.0
+        signal.setitimer(signal.ITIMER_REAL, 2.0)
+        simulate(sleepy, torch.zeros(3, 1), **options)
+        assert not fired and 0.0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 1.4
+        signal.setitimer(signal.ITIMER_REAL, 0.1)  # expires during the 0.2 s call
+        simulate(sleepy, torch.zeros(1, 1), **options)
+        deadline = time.monotonic() + 10.0  # a limit only: it fires at once
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fired == [True] and signal.getitimer(signal.ITIMER_REAL)[0] == 0.0
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
