@@ -21,14 +21,22 @@ def likelihood():
 
 @pytest.mark.parametrize("batch_shape", [(), (5,), (2, 3)])
 def test_shapes(likelihood, batch_shape):
+    """Catches values paired with the wrong parameters when broadcasting: each entry of
+    `log_prob` is the estimator's density of that entry's x at that entry's theta."""
     simulator = Counter()
-    d = SimulatorDistribution(simulator, torch.zeros(batch_shape + (2,)), likelihood)
+    theta = torch.randn(batch_shape + (2,))
+    d = SimulatorDistribution(simulator, theta, likelihood)
     assert d.batch_shape == batch_shape and d.event_shape == (2,)
     x = d.sample((4,))
     assert x.shape == (4,) + batch_shape + (2,)
     assert simulator.count == 4 * max(1, torch.Size(batch_shape).numel())
-    assert d.log_prob(x).shape == (4,) + batch_shape
-    assert d.log_prob(x[0]).shape == batch_shape
+    log_p = d.log_prob(x)
+    assert log_p.shape == (4,) + batch_shape
+    flat_x, flat_theta = x.reshape(-1, 2), theta.expand(x.shape).reshape(-1, 2)
+    pairs = zip(flat_x, flat_theta, strict=True)
+    one_by_one = torch.stack([likelihood.log_prob(a, b) for a, b in pairs])
+    assert torch.allclose(log_p.reshape(-1), one_by_one, atol=1e-5)
+    assert torch.allclose(d.log_prob(x[0]), log_p[0], atol=1e-6)
 
 
 def test_sample_runs_the_real_simulator(likelihood):
@@ -40,7 +48,10 @@ def test_expand_keeps_theta_unrepeated(likelihood):
     theta = torch.randn(4, 2)
     d = SimulatorDistribution(Counter(), theta, likelihood).expand((6, 4))
     assert d.batch_shape == (6, 4) and d.theta.shape == (4, 2)
-    assert d.log_prob(torch.zeros(2)).shape == (6, 4)
+    log_p = d.log_prob(torch.zeros(2))  # catches the expanded rows given other parameters
+    assert log_p.shape == (6, 4)
+    expected = likelihood.log_prob(torch.zeros(4, 2), theta)
+    assert torch.allclose(log_p, expected.expand(6, 4), atol=1e-6)
     with pytest.raises(ValueError, match="cannot expand"):
         d.expand((6, 5))
 
