@@ -563,17 +563,15 @@ def _spline(transform: MonotonicRQSTransform, x: Tensor, row: Tensor) -> tuple[T
         `y (N,)` and :math:`\log |\partial y / \partial x|` `(N,)`.
     """
     bins = transform.bins
-    horizontal = transform.horizontal.reshape(-1, bins + 1)
-    with torch.no_grad():
-        # the number of knots below each value (zuko's `searchsorted`; the knots ascend)
-        below = torch.searchsorted(_pick(horizontal, row), x.unsqueeze(-1).contiguous())
-        k = below.squeeze(-1) - 1
+    # (3, B + 1, R): every row's knots along the last dim, so that each pick gives
+    # contiguous values and its gradient is one index_add along that dim
+    knots = torch.stack([transform.horizontal, transform.vertical, transform.derivatives])
+    knots = knots.reshape(3, -1, bins + 1).transpose(1, 2).contiguous()
+    with torch.no_grad():  # each value's bin: the knots below it, counted as zuko does
+        k = (knots[0].index_select(1, row) < x).sum(0, dtype=torch.int32).long() - 1
     mask = (k >= 0) & (k < bins)
-    vertical = transform.vertical.reshape(-1, bins + 1)
-    derivatives = transform.derivatives.reshape(-1, bins + 1)
-    knots = torch.stack([horizontal, vertical, derivatives], -1)  # (R, B + 1, 3)
-    ends = torch.cat([knots[:, :-1], knots[:, 1:]], -1).reshape(-1, 6)  # (R B, 6): both knots
-    x0, y0, d0, x1, y1, d1 = _pick(ends, row * bins + k % bins).unbind(-1)
+    ends = torch.cat([knots[:, :-1], knots[:, 1:]]).flatten(1)  # (6, B R): a bin's two knots
+    x0, y0, d0, x1, y1, d1 = ends.index_select(1, k % bins * knots.shape[-1] + row)
     inside = mask.to(x.dtype)
     width, height = x1 - x0, y1 - y0
     s = height / width

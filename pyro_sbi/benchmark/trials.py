@@ -27,9 +27,9 @@ i.i.d. trials per subject; the shape of `examples/ddm_hierarchical.py`) at subje
 trials 5 × 100, 20 × 200 and 50 × 400, it times one NUTS potential plus its gradient,
 in this process and on one torch thread, for
 
-- `MNLE(discrete=[1], log_transform=True)` with each subject's parameters shared by its
-  trials (a stride-0 view: what Pyro's plates give), so whatever depends on the
-  parameters alone runs once per subject;
+- `MNLE(discrete=[1])` (with `--log-transform`, `MNLE(discrete=[1], log_transform=True)`)
+  with each subject's parameters shared by its trials (a stride-0 view: what Pyro's
+  plates give), so whatever depends on the parameters alone runs once per subject;
 - the same MNLE with the parameters copied to every trial (the cost without that);
 - the exact first-passage-time density (`pyro_sbi.tasks.ddm.DriftDiffusion`).
 
@@ -354,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--compare", choices=("sbi",), help="add sbi's NLE / MNLE rows")
+    parser.add_argument("--log-transform", action="store_true",
+                        help="cost of MNLE(discrete=[1], log_transform=True)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
@@ -377,11 +379,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
-    likelihood = MNLE(discrete=[1], log_transform=True)
+    likelihood = MNLE(discrete=[1], log_transform=args.log_transform)
     likelihood.fit(theta, ddm.simulate_ddm(theta), max_epochs=3, progress=False, seed=0)
 
     print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, 1 torch thread, "
-          f"Python {platform.python_version()}\n")  # fmt: skip
+          f"Python {platform.python_version()}; MNLE({likelihood.extra_repr()})\n")  # fmt: skip
     print("| subjects × trials | MNLE, shared (ms) | MNLE, copied (ms) | exact (ms) "
           "| shared / exact | copied / exact |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
