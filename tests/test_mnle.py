@@ -310,6 +310,8 @@ def test_transforms_evaluated_per_trial_by_row_equal_zuko_at_one_context_per_tri
     slow = estimator.log_prob(x_o, copied.expand(60, 4, 2).contiguous())
     assert torch.isfinite(fast).all()
     assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-4)
+    # a theta broadcast before the call is the same stride-0 view
+    assert torch.equal(estimator.log_prob(x_o, shared.expand(60, 4, 2)), fast)
     (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
     (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
     assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-3)
