@@ -73,7 +73,7 @@ from pyro_sbi.estimator import Estimator, distinct, validation_off
 from pyro_sbi.networks import ResidualMLP, flow_name
 
 MAX_CATEGORIES = 4096
-PER_CATEGORY_MAX = 16  # the most joint categories for which the flow is conditioned per (θ, c)
+PER_CATEGORY_MAX = 16  # the most joint categories evaluated at every trial (`_log_r_per_category`)
 
 
 class MNLE(Estimator):
