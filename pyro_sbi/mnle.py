@@ -396,9 +396,9 @@ class MNLE(Estimator):
         context = context.reshape(-1, context.shape[-1])  # (prod(*') K, D + sum K_j)
         with validation_off():
             transform, base = flow.transform(context), flow.base(context)
-        steps = transform.transforms if isinstance(transform, ComposedTransform) else [transform]
         if base.batch_shape or base.event_shape != (1,):
             return None
+        steps = transform.transforms if isinstance(transform, ComposedTransform) else [transform]
         value, ladj = s_z.reshape(-1), 0.0
         flat = row.reshape(-1)
         for step in steps:
