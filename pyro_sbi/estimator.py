@@ -447,8 +447,10 @@ class Estimator(nn.Module):
         x_batch = x.shape[: x.dim() - event_dim]
         batch = torch.broadcast_shapes(x_batch, theta.shape[:-1])
         # z-score before broadcasting, so that a theta shared by a plate of trials (or an
-        # x shared by many parameters) stays a stride-0 view (see `distinct`)
-        x_z, theta_z = self._standardize(x.reshape(x_batch + (self.x_features,)), theta)
+        # x shared by many parameters) stays a stride-0 view (see `distinct`), also when
+        # it comes already broadcast
+        x = distinct(x.reshape(x_batch + (self.x_features,)))
+        x_z, theta_z = self._standardize(x, distinct(theta))
         return x_z.expand(batch + (self.x_features,)), theta_z.expand(batch + (self.theta_dim,))
 
     def _transform(self, x: Tensor) -> Tensor:

@@ -61,14 +61,20 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 import zuko
 from torch import Size, Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Transform, constraints
+from zuko.transforms import (
+    ComposedTransform,
+    DependentTransform,
+    MonotonicAffineTransform,
+    MonotonicRQSTransform,
+)
 
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import Estimator, distinct, validation_off
 from pyro_sbi.networks import ResidualMLP, flow_name
 
 MAX_CATEGORIES = 4096
-PER_CATEGORY_MAX = 16  # the most joint categories for which the flow is conditioned per (θ, c)
+PER_CATEGORY_MAX = 16  # the most joint categories evaluated at every trial (`_log_r_per_category`)
 
 
 class MNLE(Estimator):
@@ -360,31 +366,88 @@ class MNLE(Estimator):
         shared by a plate of trials is a stride-0 view, see :func:`~pyro_sbi.estimator.distinct`):
         the discrete head always, and, for one continuous column, the flow's networks,
         whose context is `(theta, c)` with few distinct values (see
-        :meth:`_log_r_per_category`).
+        :meth:`_log_r_gathered`).
         """
         c = x_t[..., self.discrete].round().long()
-        index = (c * self.strides).sum(-1, keepdim=True)
+        index = (c * self.strides).sum(-1)
         shared = distinct(theta_z)
-        log_q = self.classifier(shared).log_softmax(-1)
-        log_c = log_q.expand(index.shape[:-1] + log_q.shape[-1:]).gather(-1, index).squeeze(-1)
+        log_q = self.classifier(shared).log_softmax(-1)  # (*', K)
         s_z = x_t[..., self.continuous]
         categories = len(self._codes)
-        rows, distinct_rows = index.shape[:-1].numel(), shared.shape[:-1].numel()
-        if (
-            len(self.continuous) == 1
-            and categories <= PER_CATEGORY_MAX
-            and (categories * distinct_rows <= rows // 2)
-        ):
-            return log_c + self._log_r_per_category(s_z, shared, index.squeeze(-1))
+        rows, distinct_rows = index.numel(), shared.shape[:-1].numel()
+        if len(self.continuous) == 1 and categories * distinct_rows <= rows // 2:
+            # each trial's row of the (distinct theta, c) pairs, ordered as log_q.flatten()
+            position = torch.arange(distinct_rows, device=index.device)
+            row = position.reshape(shared.shape[:-1]).expand(index.shape) * categories + index
+            log_c = _pick(log_q.reshape(-1), row)
+            log_r = self._log_r_gathered(s_z, shared, row)
+            if log_r is not None:
+                return log_c + log_r
+            if categories <= PER_CATEGORY_MAX:
+                return log_c + self._log_r_per_category(s_z, shared, index)
+        index = index.unsqueeze(-1)
+        log_c = log_q.expand(index.shape[:-1] + log_q.shape[-1:]).gather(-1, index).squeeze(-1)
         context = torch.cat([theta_z, self._one_hot(c)], dim=-1)
         with validation_off():
             log_r = self.flow(context).log_prob(s_z)
         return log_c + log_r
 
-    def _log_r_per_category(self, s_z: Tensor, shared: Tensor, index: Tensor) -> Tensor:
+    def _log_r_gathered(self, s_z: Tensor, shared: Tensor, row: Tensor) -> Tensor | None:
         r""":math:`\log q(s_z \mid c, \theta)` with the flow conditioned once per (θ, c).
 
         With one continuous column the flow's transforms are element-wise and their
+        parameters come from networks of the context alone. The networks run on the
+        `K` joint values of `c` at each distinct `theta`, and each trial's transforms
+        are evaluated with the parameters of its own row, picked by index: one
+        evaluation per trial, whose gradient is added into the rows it was picked from
+        (a sum over the trials of each row, not a broadcast reduced afterwards). The
+        numbers are those of one context per trial.
+
+        Arguments:
+            s_z: `(*, 1)` standardised continuous column.
+            shared: `(*', D)` distinct standardised parameters, broadcastable to `*`.
+            row: `(*)` each trial's row `position * K + c` among the `(*', K)` pairs of
+                distinct `theta` (flattened) and joint category `c`.
+
+        Returns:
+            `(*)` log-densities, or `None` when the flow is not a zuko flow of the
+            transforms evaluated here (:func:`_element_wise`) with a base free of the
+            context; :meth:`_log_r_per_category` then serves.
+        """
+        flow = self.flow
+        if (
+            not isinstance(flow, zuko.flows.Flow)
+            or type(flow).forward is not zuko.flows.Flow.forward
+        ):
+            return None
+        k, d = self._codes.shape[0], shared.shape[-1]
+        pairs = shared.reshape(-1, 1, d).expand(-1, k, d)
+        context = torch.cat([pairs, self._codes.expand(len(pairs), -1, -1)], -1)
+        context = context.reshape(-1, context.shape[-1])  # (prod(*') K, D + sum K_j)
+        with validation_off():
+            transform, base = flow.transform(context), flow.base(context)
+        if base.batch_shape or base.event_shape != (1,):
+            return None
+        steps = transform.transforms if isinstance(transform, ComposedTransform) else [transform]
+        value, ladj = s_z.reshape(-1), 0.0
+        flat = row.reshape(-1)
+        for step in steps:
+            if not (isinstance(step, DependentTransform) and step.reinterpreted == 1):
+                return None
+            result = _element_wise(step.base, value, flat, len(context))
+            if result is None:
+                return None
+            value, step_ladj = result
+            ladj = ladj + step_ladj
+        with validation_off():
+            log_r = base.log_prob(value.unsqueeze(-1)) + ladj
+        return log_r.reshape(row.shape)
+
+    def _log_r_per_category(self, s_z: Tensor, shared: Tensor, index: Tensor) -> Tensor:
+        r""":math:`\log q(s_z \mid c, \theta)` with the flow conditioned once per (θ, c).
+
+        The path of the flows that :meth:`_log_r_gathered` does not evaluate itself. With
+        one continuous column the flow's transforms are element-wise and their
         parameters come from networks of the context alone, so the flow is conditioned on
         the `K` joint values of `c` at each distinct `theta` (`K` times the distinct rows,
         instead of one context per trial), evaluated at every trial's `s_z` for each
@@ -473,6 +536,81 @@ def _strides(classes: list[int]) -> Tensor:
     """Mixed-radix strides turning per-column values into one joint category index."""
     strides = [math.prod(classes[k + 1 :]) for k in range(len(classes))]
     return torch.tensor(strides, dtype=torch.long)
+
+
+def _pick(values: Tensor, row: Tensor) -> Tensor:
+    """`values (R, *F)` at the rows `row (*)`: `(*, *F)`, its gradient added into `R` rows."""
+    return values.index_select(0, row.reshape(-1)).reshape(row.shape + values.shape[1:])
+
+
+def _element_wise(
+    transform: Transform, x: Tensor, row: Tensor, rows: int
+) -> tuple[Tensor, Tensor] | None:
+    r"""`transform` at one value per trial, each with the parameters of its row.
+
+    Arguments:
+        transform: a one-feature zuko transform with `rows` rows of parameters (one
+            per context), of shape `(rows, 1)` or `(rows, 1, B + 1)`.
+        x: `(N,)` values.
+        row: `(N,)` the row of each value.
+        rows: the number `R` of rows.
+
+    Returns:
+        `y (N,)` and :math:`\log |\partial y / \partial x|` `(N,)`, the numbers of
+        `transform.call_and_ladj` at each value's row; `None` for a transform other
+        than :class:`zuko.transforms.MonotonicRQSTransform` and
+        :class:`zuko.transforms.MonotonicAffineTransform` or parameters of another shape.
+    """
+    if isinstance(transform, MonotonicRQSTransform):
+        if transform.horizontal.shape[:-1] != (rows, 1):
+            return None
+        return _spline(transform, x, row)
+    if isinstance(transform, MonotonicAffineTransform):
+        if transform.shift.shape != (rows, 1) or transform.log_scale.shape != (rows, 1):
+            return None
+        shift, scale, log_scale = (
+            _pick(p.reshape(-1), row)
+            for p in (transform.shift, transform.scale, transform.log_scale)
+        )
+        return x * scale + shift, log_scale
+    return None
+
+
+def _spline(transform: MonotonicRQSTransform, x: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
+    r"""A monotonic rational-quadratic spline at one value per trial, parameters by row.
+
+    The knots of each row are zuko's (`horizontal`, `vertical`, `derivatives`, of
+    shape `(R, 1, B + 1)` for `B` bins); each value takes the two knots of its bin from
+    its row, so the backward pass adds six numbers per value into the rows' knots.
+    Outside the spline's domain the transform is the identity, as in zuko.
+
+    Arguments:
+        transform: the spline, with `R` rows of parameters.
+        x: `(N,)` values.
+        row: `(N,)` the row of each value.
+
+    Returns:
+        `y (N,)` and :math:`\log |\partial y / \partial x|` `(N,)`.
+    """
+    bins = transform.bins
+    # (3, B + 1, R): every row's knots along the last dim, so that each pick gives
+    # contiguous values and its gradient is one index_add along that dim
+    knots = torch.stack([transform.horizontal, transform.vertical, transform.derivatives])
+    knots = knots.reshape(3, -1, bins + 1).transpose(1, 2).contiguous()
+    with torch.no_grad():  # each value's bin: the knots below it, counted as zuko does
+        k = (knots[0].index_select(1, row) < x).sum(0, dtype=torch.int32).long() - 1
+    mask = (k >= 0) & (k < bins)
+    ends = torch.cat([knots[:, :-1], knots[:, 1:]]).flatten(1)  # (6, B R): a bin's two knots
+    x0, y0, d0, x1, y1, d1 = ends.index_select(1, k % bins * knots.shape[-1] + row)
+    inside = mask.to(x.dtype)
+    width, height = x1 - x0, y1 - y0
+    s = height / width
+    z = inside * (x - x0) / width
+    zz = z * (1 - z)
+    denominator = s + (d0 + d1 - 2 * s) * zz
+    y = y0 + height * (s * z**2 + d0 * zz) / denominator
+    jacobian = s**2 * (2 * s * zz + d0 * (1 - z) ** 2 + d1 * z**2) / denominator**2
+    return torch.where(mask, y, x), inside * jacobian.log()
 
 
 class _MixedColumns(constraints.Constraint):

@@ -323,3 +323,34 @@ def test_options_saved_under_their_former_names_still_load():
     assert estimator.flow_class is zuko.flows.MAF and estimator.activation is torch.nn.ReLU
     assert (estimator.head_hidden_features, estimator.head_num_blocks) == (16, 1)
     assert MNLE.from_config(estimator.config()).config() == estimator.config()
+
+
+@pytest.mark.parametrize("flow", ["NSF", "MAF", "GF"])
+def test_transforms_evaluated_per_trial_by_row_equal_zuko_at_one_context_per_trial(flow):
+    """Bug caught: a trial given the spline knots of another row or bin, the identity
+    outside the spline's domain lost, gradients not summed back into the shared rows, or
+    a flow of other transforms (GF) not falling back to the general evaluation."""
+    torch.manual_seed(3)
+    theta = 2 * torch.rand(2000, 2) - 1
+    x = log_normal_choice(theta[:, :1])
+    estimator = MNLE(discrete=[1], flow=getattr(zuko.flows, flow))  # no log transform
+    estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    x_o = x[:240].reshape(60, 4, 2).clone()
+    loc, scale = estimator.x_loc[0], estimator.x_scale[0]
+    x_o[0, :, 0], x_o[1, :, 0] = loc + 8 * scale, loc - 8 * scale  # outside [-5, 5] standardised
+    subjects = 2 * torch.rand(4, 2) - 1
+    shared = subjects.clone().requires_grad_()
+    fast = estimator.log_prob(x_o, shared)  # theta (4, 2) broadcast over 60 trials
+    copied = subjects.clone().requires_grad_()
+    slow = estimator.log_prob(x_o, copied.expand(60, 4, 2).contiguous())
+    assert torch.isfinite(fast).all()
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-4)
+    # a theta broadcast before the call is the same stride-0 view
+    assert torch.equal(estimator.log_prob(x_o, shared.expand(60, 4, 2)), fast)
+    (grad_fast,) = torch.autograd.grad(fast.sum(), shared)
+    (grad_slow,) = torch.autograd.grad(slow.sum(), copied)
+    assert torch.allclose(grad_fast, grad_slow, rtol=1e-4, atol=1e-3)
+    x_t, theta_z = estimator._prepare(x_o, subjects)
+    row = torch.arange(4).expand(60, 4) * 2 + x_t[..., 1].round().long()
+    gathered = estimator._log_r_gathered(x_t[..., :1], theta_z[:1], row)
+    assert (gathered is None) == (flow == "GF")

@@ -25,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
+from pyro_sbi.benchmark.threads import median_seconds_in_turn
 from pyro_sbi.simulation import simulate
 
 
@@ -61,18 +62,6 @@ def _calibrate(seconds: float) -> int:
     return steps
 
 
-def _median_seconds(functions: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function, the functions run in turn to share any drift."""
-    times = {name: [] for name in functions}
-    for repeat in range(repeats + 1):
-        for name, function in functions.items():
-            start = time.perf_counter()
-            function()
-            if repeat:  # the first round warms up
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
 def overhead(simulator, theta: torch.Tensor, repeats: int) -> list[tuple[str, float, float]]:
     """`(case, seconds, ratio of throughputs)` for `simulate` against direct calls."""
     n = len(theta)
@@ -87,7 +76,7 @@ def overhead(simulator, theta: torch.Tensor, repeats: int) -> list[tuple[str, fl
         functions[case] = lambda options=options: simulate(
             simulator, theta, progress=False, **options
         )
-    seconds = _median_seconds(functions, repeats)
+    seconds = median_seconds_in_turn(functions, repeats)
     direct = seconds["direct call"]
     return [(case, value, direct / value) for case, value in seconds.items()]
 

@@ -80,6 +80,25 @@ def median_seconds(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
+def median_seconds_in_turn(
+    functions: dict[str, Callable[[], object]], repeats: int
+) -> dict[str, float]:
+    """The median wall time of each function, in seconds, the functions called in turn.
+
+    Each round calls every function once, so that a change in the machine's load during
+    the measurement reaches all of them alike and their ratios stay comparable; a first
+    round warms up and is not counted.
+    """
+    times = {name: [] for name in functions}
+    for repeat in range(repeats + 1):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            function()
+            if repeat:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def measure(threads: int, theta, x, x_obs, *, epochs: int, repeats: int) -> dict[str, float]:
     """Seconds of each measured piece of work with `threads` torch threads."""
     torch.set_num_threads(threads)

@@ -25,11 +25,12 @@ exact and the learned one alike, so a difference is the surrogate's.
 hierarchical drift-diffusion model (group means and spreads, subjects' parameters,
 i.i.d. trials per subject; the shape of `examples/ddm_hierarchical.py`) at subjects ×
 trials 5 × 100, 20 × 200 and 50 × 400, it times one NUTS potential plus its gradient,
-in this process and on one torch thread, for
+in this process and on one torch thread, the three below called in turn (so that a
+change of the machine's load reaches them alike), for
 
-- `MNLE(discrete=[1], log_transform=True)` with each subject's parameters shared by its
-  trials (a stride-0 view: what Pyro's plates give), so whatever depends on the
-  parameters alone runs once per subject;
+- `MNLE(discrete=[1])` (with `--log-transform`, `MNLE(discrete=[1], log_transform=True)`)
+  with each subject's parameters shared by its trials (a stride-0 view: what Pyro's
+  plates give), so whatever depends on the parameters alone runs once per subject;
 - the same MNLE with the parameters copied to every trial (the cost without that);
 - the exact first-passage-time density (`pyro_sbi.tasks.ddm.DriftDiffusion`).
 
@@ -57,6 +58,7 @@ import os
 import platform
 import time
 import types
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 
 import pyro
@@ -70,7 +72,7 @@ from pyro.infer.reparam import LocScaleReparam
 from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 
 from pyro_sbi import MNLE, NLE, NRE, SimulatorDistribution, SliceMCMC, c2st, train
-from pyro_sbi.benchmark.threads import median_seconds
+from pyro_sbi.benchmark.threads import median_seconds_in_turn
 from pyro_sbi.tasks import ddm
 
 SHAPES = ((5, 100), (20, 200), (50, 400))
@@ -201,8 +203,8 @@ def end_to_end(
     return rows
 
 
-def gradient_seconds(model, x: torch.Tensor, truth: torch.Tensor, repeats: int) -> float:
-    """Median seconds of one potential and its gradient, at the subjects' true parameters."""
+def gradient_step(model, x: torch.Tensor, truth: torch.Tensor) -> Callable[[], object]:
+    """One potential and its gradient, at the subjects' true parameters, as a call."""
     u = torch.logit((truth - LOW) / (HIGH - LOW))
     start = init_to_value(values={"u": u, "mu": u.mean(0), "sigma": 0.3 * torch.ones(4)})
     params, potential, _, _ = initialize_model(model, (x,), init_strategy=start)
@@ -210,10 +212,9 @@ def gradient_seconds(model, x: torch.Tensor, truth: torch.Tensor, repeats: int) 
 
     def once():
         value = potential(point)
-        torch.autograd.grad(value, list(point.values()))
+        return torch.autograd.grad(value, list(point.values()))
 
-    once()
-    return median_seconds(once, repeats)
+    return once
 
 
 # the linear-Gaussian task of the accuracy table
@@ -354,6 +355,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--compare", choices=("sbi",), help="add sbi's NLE / MNLE rows")
+    parser.add_argument("--log-transform", action="store_true",
+                        help="cost of MNLE(discrete=[1], log_transform=True)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
@@ -377,11 +380,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
-    likelihood = MNLE(discrete=[1], log_transform=True)
+    likelihood = MNLE(discrete=[1], log_transform=args.log_transform)
     likelihood.fit(theta, ddm.simulate_ddm(theta), max_epochs=3, progress=False, seed=0)
 
     print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, 1 torch thread, "
-          f"Python {platform.python_version()}\n")  # fmt: skip
+          f"Python {platform.python_version()}; MNLE({likelihood.extra_repr()})\n")  # fmt: skip
     print("| subjects × trials | MNLE, shared (ms) | MNLE, copied (ms) | exact (ms) "
           "| shared / exact | copied / exact |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
@@ -389,15 +392,14 @@ def main(argv: list[str] | None = None) -> None:
         truth = ddm.prior().sample((subjects,))
         x = ddm.simulate_ddm(truth.expand(trials, subjects, 4).reshape(-1, 4))
         x = x.reshape(trials, subjects, 2)
-        seconds = {
-            "shared": gradient_seconds(
-                hierarchical(likelihood, subjects, trials), x, truth, repeats
+        steps = {
+            "shared": gradient_step(hierarchical(likelihood, subjects, trials), x, truth),
+            "copied": gradient_step(
+                hierarchical(likelihood, subjects, trials, copy=True), x, truth
             ),
-            "copied": gradient_seconds(
-                hierarchical(likelihood, subjects, trials, copy=True), x, truth, repeats
-            ),
-            "exact": gradient_seconds(hierarchical(None, subjects, trials), x, truth, repeats),
+            "exact": gradient_step(hierarchical(None, subjects, trials), x, truth),
         }
+        seconds = median_seconds_in_turn(steps, repeats)
         ms = {key: 1e3 * value for key, value in seconds.items()}
         print(f"| {subjects} × {trials} | {ms['shared']:.1f} | {ms['copied']:.1f} | "
               f"{ms['exact']:.1f} | {seconds['shared'] / seconds['exact']:.1f} | "
