@@ -509,6 +509,8 @@ class MNLE(Estimator):
             `(*)` log-densities over the broadcast batch shape.
         """
         x_t, theta_z = self._prepare(x, theta)
+        if x_t.numel() == 0:  # no data points: no densities
+            return x_t.new_zeros(x_t.shape[:-1])
         self.check_support(x)
         log_p = self._log_prob_z(x_t, theta_z)
         log_s = x_t[..., self.logged] * self.x_scale[self.logged] + self.x_loc[self.logged]

@@ -141,6 +141,8 @@ class NLE(Estimator):
             `(*)` log-densities over the broadcast batch shape.
         """
         x_z, theta_z = self._prepare(x, theta)
+        if x_z.numel() == 0:  # no data points: no densities
+            return x_z.new_zeros(x_z.shape[:-1])
         with validation_off():
             log_p = self.flow(theta_z).log_prob(x_z)
         return log_p - self.x_scale.log().sum()

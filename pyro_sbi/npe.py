@@ -157,6 +157,8 @@ class NPE(Estimator):
             `(*)` log-densities over the broadcast batch shape.
         """
         x_z, theta_z = self._prepare(x, theta)
+        if x_z.numel() == 0:  # no data points: no densities
+            return x_z.new_zeros(x_z.shape[:-1])
         with validation_off():
             log_q = self.flow(self._context(x_z)).log_prob(theta_z)
         return log_q - self.theta_scale.log().sum()

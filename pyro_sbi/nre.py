@@ -299,6 +299,8 @@ class NRE(Estimator):
             `(*)` log-ratios over the broadcast batch shape.
         """
         x_z, theta_z = self._prepare(x, theta)
+        if x_z.numel() == 0:  # no data points: no densities
+            return x_z.new_zeros(x_z.shape[:-1])
         if self.embedding is None:
             return self._logit(x_z, theta_z)
         e = self._embed(distinct(x_z))  # once per distinct x, e.g. not once per chain

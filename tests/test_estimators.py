@@ -59,6 +59,13 @@ def test_lazy_until_fit(name):
         estimator.log_prob(torch.zeros(2), torch.zeros(2))
 
 
+def test_log_prob_of_no_data_is_empty(trained):
+    """Catches an empty batch handed to the networks (zuko cannot reshape 0 rows)."""
+    estimator, _ = trained
+    assert estimator.log_prob(torch.zeros(0, 2), torch.zeros(2)).shape == (0,)
+    assert estimator.log_prob(torch.zeros(3, 0, 2), torch.zeros(3, 1, 2)).shape == (3, 0)
+
+
 def test_fit_sets_shapes_and_freezes(trained):
     estimator, history = trained
     assert estimator.trained and estimator.theta_dim == 2 and estimator.x_shape == (2,)
