@@ -29,6 +29,7 @@ __all__ = [
     "__version__",
     "c2st",
     "fit",
+    "init_to_guide",
     "init_to_sir",
     "ppc",
     "sbc",
@@ -49,7 +50,7 @@ from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
-from pyro_sbi.guide import AmortizedGuide  # noqa: E402
+from pyro_sbi.guide import AmortizedGuide, init_to_guide  # noqa: E402
 from pyro_sbi.infer import SliceMCMC  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402
 from pyro_sbi.mnle import MNLE  # noqa: E402

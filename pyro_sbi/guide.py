@@ -37,7 +37,7 @@ effective sample size.
 
 from __future__ import annotations
 
-__all__ = ["AmortizedGuide", "ImportanceDraws"]
+__all__ = ["AmortizedGuide", "ImportanceDraws", "init_to_guide"]
 
 import contextlib
 import math
@@ -58,6 +58,7 @@ from pyro_sbi.density import ModelDensity
 from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
 from pyro_sbi.runner import ModelRunner, base_trace
+from pyro_sbi.sir import init_to_sir
 
 AUXILIARY = "_amortized_guide_latent"  # the auxiliary site of the unconstrained draws
 
@@ -415,3 +416,38 @@ def _same(remembered: list, values: tuple) -> bool:
         elif kept is not value:
             return False
     return True
+
+
+class init_to_guide(init_to_sir):  # noqa: N801 -- named like Pyro's init_to_* strategies
+    r"""A Pyro ``init_strategy`` that starts chains at an amortised guide's draws.
+
+    The guide's draws given the data are weighted by :math:`p(x, z) / q(z \mid x)` and
+    resampled (:meth:`AmortizedGuide.importance`), so chains start where the posterior
+    is even when it is narrow relative to the prior, where draws from the prior
+    (:class:`~pyro_sbi.init_to_sir`) would need very many candidates. Each run of the
+    model under the strategy (one per chain) gets the next draw.
+
+    Arguments:
+        guide: a trained :class:`AmortizedGuide` of the model.
+        args: the model's positional arguments, holding the data.
+        num_draws: guide draws to weight and resample.
+        model_kwargs: keyword arguments of the model under any name.
+        kwargs: the model's keyword arguments.
+
+    Example:
+        >>> from pyro.infer import MCMC, NUTS
+        >>> kernel = NUTS(model, init_strategy=init_to_guide(guide, y_o))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, guide: AmortizedGuide, *args, num_draws: int = 1000,
+        model_kwargs: Mapping | None = None, **kwargs,
+    ) -> None:  # fmt: skip
+        super().__init__(guide.model, *args, num_draws=num_draws, model_kwargs=model_kwargs,
+                         **kwargs)  # fmt: skip
+        self.guide = guide
+
+    def _starts(self) -> dict[str, Tensor]:
+        draws = self.guide.importance(self.num_draws, *self.args, **self.kwargs)
+        self.ess = draws.ess
+        return draws.resample(self.num_draws)

@@ -44,6 +44,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from pyro.infer.mcmc.util import diagnostics as _diagnostics
@@ -56,9 +57,12 @@ from pyro_sbi._checks import as_count
 from pyro_sbi.density import ModelDensity
 from pyro_sbi.sir import sir
 
+if TYPE_CHECKING:
+    from pyro_sbi.guide import AmortizedGuide
+
 
 class SliceMCMC:
-    """Many slice-sampling chains of a Pyro model, vectorised in one process.
+    r"""Many slice-sampling chains of a Pyro model, vectorised in one process.
 
     All chains advance together, so each evaluation of the model's log density (a
     learned likelihood included) is one batched call over all chains. Chains start at
@@ -90,6 +94,10 @@ class SliceMCMC:
             `min_ess` independent draws.
         min_ess: the effective sample size SIR aims for (default: 1,000 or the number
             of chains, whichever is larger).
+        guide: a trained :class:`~pyro_sbi.AmortizedGuide`: the chains start at
+            `num_candidates` of its draws weighted by :math:`p(x, z) / q(z \mid x)` and
+            resampled, instead of at prior draws (SIR); for a posterior narrow
+            relative to its prior.
         max_candidates: the most prior draws SIR may weight.
         max_steps_out: most width-steps an interval may grow by per update (Neal's
             `m`).
@@ -127,6 +135,7 @@ class SliceMCMC:
         min_ess: float | None = None,
         max_candidates: int = 1_000_000,
         max_steps_out: int = 32,
+        guide: AmortizedGuide | None = None,
         seed: int | None = None,
         num_threads: int | None = None,
         progress: bool = True,
@@ -142,6 +151,7 @@ class SliceMCMC:
         self.seed, self.progress, self.num_threads = seed, progress, num_threads
         self.min_ess = max(1000, num_chains) if min_ess is None else min_ess
         self.max_candidates = max_candidates
+        self.guide = guide
         self._samples: dict[str, Tensor] | None = None
         self._log_density: Tensor | None = None
         self.seconds: dict[str, float] = {}
@@ -171,10 +181,14 @@ class SliceMCMC:
             self.evaluations += z.shape[0]
             return density(z)
 
-        values, self.ess = sir(
-            density, self.num_candidates, self.num_chains, min_ess=self.min_ess,
-            max_candidates=self.max_candidates,
-        )  # fmt: skip
+        if self.guide is not None:
+            draws = self.guide.importance(self.num_candidates, *args, **kwargs)
+            values, self.ess = draws.resample(self.num_chains), draws.ess
+        else:
+            values, self.ess = sir(
+                density, self.num_candidates, self.num_chains, min_ess=self.min_ess,
+                max_candidates=self.max_candidates,
+            )  # fmt: skip
         z = density.unconstrain(values)
         lp = log_density(z)
         self.seconds["init"] = time.perf_counter() - start

@@ -131,15 +131,20 @@ class init_to_sir:  # noqa: N801 -- named like Pyro's init_to_* strategies
         self._draws: dict[str, Tensor] | None = None
         self._next, self._used = 0, set()
 
+    def _starts(self) -> dict[str, Tensor]:
+        """`{name: (num_draws, *shape)}` starting points, made at the first call."""
+        density = ModelDensity(self.model, self.args, self.kwargs)
+        draws, self.ess = sir(density, self.num_candidates, self.num_draws)
+        return draws
+
     def __call__(self, site) -> Tensor:
         """The starting value of `site` (a Pyro message) in the current run of the model."""
         if self._draws is None:
-            density = ModelDensity(self.model, self.args, self.kwargs)
-            self._draws, self.ess = sir(density, self.num_candidates, self.num_draws)
+            self._draws = self._starts()
             self._next = -1
         name = site["name"]
         if name in self._used or self._next < 0:  # a new run of the model
-            self._next = (self._next + 1) % self.num_draws
+            self._next = (self._next + 1) % len(next(iter(self._draws.values())))
             self._used = set()
         self._used.add(name)
         if name in self._draws:

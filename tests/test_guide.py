@@ -10,7 +10,16 @@ import pytest
 import torch
 from pyro.infer import SVI, Importance, Predictive, Trace_ELBO
 
-from pyro_sbi import NPE, AmortizedGuide, SimulatorDistribution, sbc, to_inference_data, train
+from pyro_sbi import (
+    NPE,
+    AmortizedGuide,
+    SimulatorDistribution,
+    SliceMCMC,
+    init_to_guide,
+    sbc,
+    to_inference_data,
+    train,
+)
 from pyro_sbi.diagnostics import tarp
 
 NOISE = 0.5
@@ -215,6 +224,27 @@ def test_tarp_accepts_the_exact_posterior_and_rejects_wrong_ones():
                   mean[:, None] + sd * (noise + 1.0)):  # fmt: skip
         result = tarp(wrong, theta, seed=0)
         assert result.max_deviation > 0.08 and result.p_value < 1e-6
+
+
+def test_chains_start_at_the_corrected_guide(two_site_guide):
+    """Catches starts drawn from the prior or from another data set: every NUTS start and
+    every SliceMCMC chain begins within a few posterior sds of the closed form, and the
+    slice sampler from there gives the closed-form posterior of mu."""
+    y, z = _data(10, 1.0)
+    precision = 1.0 + TRIALS_MU / NOISE**2
+    mu_mean, mu_sd = float(z.sum() / NOISE**2 / precision), precision**-0.5
+    init = init_to_guide(two_site_guide, y, z, num_draws=500)
+    starts = torch.stack([init({"name": "mu", "fn": None}) for _ in range(100)])
+    assert ((starts - mu_mean).abs() < 5 * mu_sd).all() and len(starts.unique()) > 50
+    assert 0 < init.ess <= 500
+    mcmc = SliceMCMC(
+        two_sites, num_samples=50, num_chains=40, warmup_steps=20, num_candidates=2000,
+        guide=two_site_guide, seed=0, progress=False,
+    )  # fmt: skip
+    mu = mcmc.run(y, z).get_samples()["mu"]
+    assert abs(float(mu.mean()) - mu_mean) < 0.2 * mu_sd
+    assert abs(float(mu.std()) / mu_sd - 1) < 0.15
+    assert mcmc.ess > 100
 
 
 def hierarchical(y=None):
