@@ -275,6 +275,47 @@ class AmortizedGuide:
         self._last = None
         return self.history
 
+    def fit_simulations(
+        self,
+        latents: Mapping[str, Tensor],
+        observed: Mapping[str, Tensor],
+        *args,
+        seed: int | None = None,
+        fit_options: Mapping | None = None,
+        progress: bool = True,
+        **kwargs,
+    ) -> History:
+        r"""Fits the estimator to simulations made elsewhere (a store, another program).
+
+        Arguments:
+            latents: `{name: (N, *shape)}` every latent site's values, drawn from the
+                prior.
+            observed: `{name: (N, *shape)}` every observed site's values simulated at
+                them.
+            args: the model's positional arguments; its observed sites mark the data.
+            seed: seeds the training.
+            fit_options: options of :func:`pyro_sbi.fitting.fit`.
+            progress: show a progress bar.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            The training :class:`~pyro_sbi.History`.
+        """
+        density = self._layout(args, kwargs)
+        missing = sorted({lat.name for lat in self.latents} - set(latents))
+        missing += sorted(set(self.observed) - set(observed))
+        if missing:
+            raise ValueError(f"AmortizedGuide.fit_simulations: no values for the sites {missing}")
+        u = density.unconstrain({lat.name: latents[lat.name] for lat in self.latents})
+        x = torch.cat([observed[name].reshape(len(u), -1) for name in self.observed], -1)
+        dtype = torch.get_default_dtype()
+        options = {"progress": progress, **(fit_options or {})}
+        if seed is not None:
+            options.setdefault("seed", seed)
+        self.history = self.estimator.fit(u.to(dtype), x.to(dtype), **options)
+        self._last = None
+        return self.history
+
     # as a guide -----------------------------------------------------------------------
 
     def __call__(self, *args, **kwargs) -> dict[str, Tensor]:

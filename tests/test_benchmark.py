@@ -75,6 +75,23 @@ def test_benchmark_runs_end_to_end_and_writes_rows(tmp_path, recorded):
     assert (tmp_path / "c2st.png").stat().st_size > 1000
 
 
+def test_benchmark_npe_rows_score_the_guides_draws_inside_the_prior(recorded):
+    """Catches NPE draws scored for another observation, or leaking out of the prior's box
+    (two_moons: theta in [-1, 1]^2), which a guide on the unconstrained space cannot do."""
+    from pyro_sbi.tasks import two_moons
+
+    rows = compare.run(
+        ["two_moons"], ["npe"], [300], [1, 2], seed=0, log=lambda *a, **k: None,
+        num_posterior=500, fit_options={"max_epochs": 5},
+    )  # fmt: skip
+    assert [(r.task, r.method, r.observation) for r in rows] == [
+        ("two_moons", "npe", i) for i in (1, 2)
+    ]
+    check_scores(rows, two_moons, recorded, 500)
+    for _, samples in recorded[0]:
+        assert samples.abs().max() < 1.0
+
+
 def test_benchmark_command_line_refuses_unknown_tasks():
     with pytest.raises(SystemExit):
         compare.main(["--tasks", "no_such_task"])

@@ -20,7 +20,11 @@ a choice) takes ``mnle`` (and ``nre``) in place of ``nle``.
 Our estimators are the library's defaults, ``NLE()`` (a masked autoregressive flow, the
 flow of sbi's NLE) and ``NRE()``, and ``MNLE(discrete=[1])`` for the drift-diffusion
 task, all with
-:func:`~pyro_sbi.fitting.fit`'s default settings; ``--flow nsf`` swaps in a spline flow for
+:func:`~pyro_sbi.fitting.fit`'s default settings. ``npe`` is ``NPE()`` as a user gets it
+through an :class:`~pyro_sbi.AmortizedGuide` of the task's model (the parameters on
+their unconstrained space, so a box prior leaks no mass), fitted to the same
+simulations and sampled directly, without MCMC; sbi's ``NPE`` (a MAF, rejection of
+draws outside the prior's support) is its peer; ``--flow nsf`` swaps in a spline flow for
 NLE (the two flows compared: benchmarks page, "Flow families").
 
 With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
@@ -64,7 +68,7 @@ from pyro_sbi.tasks import BROAD
 TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
 SUITES = {"sbibm": TASKS, "broad": BROAD}
 ALL_TASKS = TASKS + BROAD  # a task's index roots its simulation seed
-METHODS = ("nle", "nre", "mnle")
+METHODS = ("nle", "nre", "mnle", "npe")
 NUM_POSTERIOR = 10_000
 
 
@@ -116,9 +120,34 @@ def _estimator(method: str, flow: str = "maf"):
 
 
 def _applies(task, method: str) -> bool:
-    """MNLE serves tasks with a discrete column, NLE the others; NRE serves both."""
+    """MNLE serves tasks with a discrete column, NLE the others; NRE and NPE serve both."""
     mixed = getattr(task, "MIXED", False)
-    return method == "nre" or (method == "mnle") == mixed
+    return method in ("nre", "npe") or (method == "mnle") == mixed
+
+
+class _Guide:
+    """Our NPE as a user writes it: an :class:`~pyro_sbi.AmortizedGuide` of the task's model.
+
+    The parameters are learned on their unconstrained space; the guide is fitted to the
+    benchmark's simulations and sampled directly.
+    """
+
+    def __init__(self, task) -> None:
+        from pyro_sbi import AmortizedGuide
+
+        self.task, self.guide = task, AmortizedGuide(task.model)
+
+    def fit(self, theta: Tensor, x: Tensor, **options) -> None:
+        """Fits the guide to `theta (n, D)` drawn from the prior and `x (n, *X)`."""
+        seed, progress = options.pop("seed", None), options.pop("progress", False)
+        self.guide.fit_simulations(
+            {"theta": theta}, {"x": x}, None, self.task.observation(1), seed=seed,
+            progress=progress, fit_options=options,
+        )  # fmt: skip
+
+    def sample(self, x: Tensor, num: int) -> Tensor:
+        """`(num, D)` draws of the guide given `x (*X)`."""
+        return self.guide.sample_posterior(num, None, x)["theta"]
 
 
 def _sir_cap(task) -> int:
@@ -128,6 +157,10 @@ def _sir_cap(task) -> int:
 
 def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) -> torch.Tensor:
     from pyro_sbi.infer import SliceMCMC
+
+    if isinstance(estimator, _Guide):
+        torch.manual_seed(seed)
+        return estimator.sample(x, num)
 
     mcmc = SliceMCMC(
         task.model, num_samples=math.ceil(num / 250), num_chains=250, warmup_steps=40,
@@ -145,6 +178,7 @@ class SbiPeer:
         self.method, self.seed = method, seed
         self.cls = {
             "nle": sbi.inference.NLE, "nre": sbi.inference.NRE, "mnle": sbi.inference.MNLE,
+            "npe": sbi.inference.NPE,
         }[method]  # fmt: skip
         self.prior = task.prior()
 
@@ -231,7 +265,7 @@ def run(
                 simulate_s = time.perf_counter() - start
                 theta, x = sims.valid()
             for method in amortised:
-                estimator = _estimator(method, flow)
+                estimator = _Guide(task) if method == "npe" else _estimator(method, flow)
                 start = time.perf_counter()
                 estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
                 train_s = time.perf_counter() - start
@@ -254,7 +288,7 @@ def run(
             for method, num_rounds, i in itertools.product(
                 methods, [r for r in rounds if r > 1], observations
             ):
-                if not _applies(task, method):
+                if not _applies(task, method) or method == "npe":  # NPE: one round only
                     continue
                 estimator = _estimator(method, flow)
                 start = time.perf_counter()
