@@ -151,7 +151,10 @@ def test_a_killed_dask_worker_loses_no_finished_simulation(
     x, status = stored(store)
     done = status >= 0
     assert (status[done] == OK).all() and done.all() == bool(allowed_failures)
-    assert torch.equal(x[done], reference(theta).x[done])
+    if done.any():  # Dask may lose the batches the killed worker had finished, too
+        assert torch.equal(x[done], reference(theta).x[done])
+    else:
+        assert x is None
     if not allowed_failures:
         message = str(info.value)
         assert f"simulations were not done: rows {runs(~done)}" in message
