@@ -223,8 +223,9 @@ class MNLE(Estimator):
         super().build(theta, x)
         # The discrete columns reach the networks unchanged (location 0, scale 1).
         self.x_loc[discrete], self.x_scale[discrete] = 0.0, 1.0
-        offsets = [0, *itertools.accumulate(self._classes)][:-1]
-        for k, (offset, classes) in enumerate(zip(offsets, self._classes, strict=True)):
+        for k, (offset, classes) in enumerate(
+            zip(self._offsets.tolist(), self._classes, strict=True)
+        ):
             counts = torch.bincount(values[:, k].long(), minlength=classes)
             self.seen[offset : offset + classes] = counts > 0
 
@@ -236,8 +237,11 @@ class MNLE(Estimator):
         # the one-hot code of every joint category, in the order of the joint index
         values = torch.arange(math.prod(classes))[:, None] // self.strides % torch.tensor(classes)
         self.register_buffer("_codes", self._one_hot(values), persistent=False)
-        # which value of each discrete column the training data holds (set by build)
+        # which value of each discrete column the training data holds (set by build), and
+        # where each column's values start in it
         self.register_buffer("seen", torch.ones(sum(classes), dtype=torch.bool))
+        offsets = torch.tensor([0, *itertools.accumulate(classes)][:-1])
+        self.register_buffer("_offsets", offsets, persistent=False)
         self.classifier = ResidualMLP(
             self.theta_dim,
             math.prod(classes),
@@ -330,13 +334,15 @@ class MNLE(Estimator):
 
     def _check_seen(self, values: Tensor, shape: Size) -> None:
         """Raises when an integer in a discrete column's range was absent from training."""
-        offsets = torch.tensor([0, *itertools.accumulate(self._classes)][:-1])
-        unseen = ~self.seen[(values.long() + offsets.to(values.device)).clamp(min=0)]
+        if bool(self.seen.all()):  # the usual case: nothing to look up
+            return
+        unseen = ~self.seen[(values.long() + self._offsets).clamp(min=0)]
         if not bool(unseen.any()):
             return
         first = unseen.nonzero()[0].tolist()
         k, column = first[-1], self.discrete[first[-1]]
-        seen = self.seen[offsets[k] : offsets[k] + self._classes[k]].nonzero().squeeze(-1)
+        start = int(self._offsets[k])
+        seen = self.seen[start : start + self._classes[k]].nonzero().squeeze(-1)
         raise ValueError(
             f"MNLE: the discrete column {column} of x holds {values[tuple(first)].item():g} at "
             f"index {tuple(first[:-1] + [column])} of x of shape {tuple(shape)}, a value the "

@@ -82,6 +82,7 @@ def observation():
     return torch.tensor([-0.1, 0.3]) + 0.5 * torch.randn(TRIALS, 2)
 
 
+@pytest.mark.slow  # two trainings and two NUTS runs: minutes on 2 cores
 @pytest.mark.filterwarnings("ignore:x.*simulations failed")
 def test_validity_keeps_the_posterior_where_simulations_succeed():
     # Without the failures, theta_0 | x is Normal(sum(x_0) / 0.25 / precision, precision^-1/2)
