@@ -41,6 +41,15 @@ def test_deepset_knows_the_number_of_trials():
     assert (few - many).abs().max() > 1e-3
 
 
+def test_deepset_refuses_wrong_shapes():
+    net = DeepSet()
+    with pytest.raises(ValueError, match=r"shape \(N, T, \*trial_shape\); got \(5,\)"):
+        net(torch.randn(5))
+    net(torch.randn(2, 4, 3))
+    with pytest.raises(ValueError, match=r"built for inputs of shape \(N, \*, 3\)"):
+        net(torch.randn(2, 4, 2))  # trials of another size
+
+
 def test_tied_statistics_are_shared_by_the_trials():
     """Catches z-score statistics kept per trial position (the ties ignored) or NaN padding
     leaking into them: every position gets the mean and sd of all trials present."""
@@ -167,7 +176,7 @@ def _per_subject(y=None):
 
 def test_a_site_embedding_gets_the_set_with_the_trials_first():
     """Catches a site's values handed to its network flat or with the plate's dim left in
-    place: a net given (N, T, *trial) sees the trials of a (trial, channel) site first."""
+    place: a (subject, trial) site reaches its network as (N, trial, subject)."""
     seen = []
 
     class Spy(torch.nn.Module):
@@ -180,14 +189,17 @@ def test_a_site_embedding_gets_the_set_with_the_trials_first():
             return self.linear(x.nan_to_num().mean((1, 2))[:, None])
 
     def model(y=None):
-        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
-        with pyro.plate("trials", 5, dim=-1):
-            pyro.sample("y", dist.Normal(torch.stack([mu, -mu], -1), 1.0).to_event(1), obs=y)
+        with pyro.plate("subjects", 3, dim=-2):
+            theta = pyro.sample("theta", dist.Normal(0.0, 1.0))
+            with pyro.plate("trials", 5, dim=-1):
+                pyro.sample("y", dist.Normal(theta, 1.0), obs=y)
 
     guide = AmortizedGuide(model, embedding={"y": Spy()})
-    guide.fit(40, torch.zeros(5, 2), seed=0, progress=False, fit_options={"max_epochs": 1})
-    assert guide.trials == {"y": (0, "trials")}
-    assert set(seen) == {torch.Size([5, 2])}
+    guide.fit(40, torch.zeros(3, 5), seed=0, progress=False, fit_options={"max_epochs": 1})
+    assert guide.trials == {"y": (1, "trials")}
+    assert set(seen) == {torch.Size([5, 3])}
+    y = torch.arange(15.0).reshape(3, 5)
+    assert torch.equal(guide._data((y,), {}), y.T.reshape(-1))
 
 
 # --- time series --------------------------------------------------------------------------
@@ -196,6 +208,8 @@ def test_a_site_embedding_gets_the_set_with_the_trials_first():
 @pytest.mark.parametrize("make", [CNN1d, GRU])
 @pytest.mark.parametrize("shape", [(40,), (40, 3), (17, 2)])
 def test_series_embeddings_shapes(make, shape):
+    """Catches time and batch swapped (a GRU not `batch_first`): one feature row per
+    series, whatever its length or channels."""
     net = make(out_features=5)
     assert net(torch.randn(6, *shape)).shape == (6, 5)
 
@@ -230,13 +244,16 @@ def _ar1_posterior_mean(x):
     return float(mean), float(sd)
 
 
-@pytest.mark.parametrize("make", [CNN1d, GRU])
-def test_series_embeddings_learn_an_ar1_coefficient(make):
-    """Catches an embedding blind to the order in time (e.g. kernels of width 1, or a GRU
-    run across the batch instead of time): the posterior mean of an AR(1) coefficient
-    must follow the exact one. Measured over seeds 0-2 on 20 test series: mean absolute
-    errors of at most 0.37 exact posterior sds (CNN1d) and 0.26 (GRU); a CNN1d with
-    kernels of width 1 gets 1.9."""
+@pytest.mark.parametrize(
+    ("make", "tolerance"),
+    [(CNN1d, 0.4), pytest.param(GRU, 0.8, marks=pytest.mark.slow)],
+)
+def test_series_embeddings_learn_an_ar1_coefficient(make, tolerance):
+    """Catches an embedding blind to the order in time: the posterior mean of an AR(1)
+    coefficient must follow the exact one, on 20 test series. Measured over seeds 0-2,
+    mean absolute errors in exact posterior sds: CNN1d 0.17-0.23 (with kernels of width 1,
+    which see no lag: 0.53-0.81); GRU 0.18-0.59 (reading the first output step instead of
+    the last hidden state: 3.1)."""
     torch.manual_seed(0)
     rho = torch.rand(3000) * 1.8 - 0.9
     x = ar1(rho)
@@ -249,7 +266,7 @@ def test_series_embeddings_learn_an_ar1_coefficient(make):
     for series, value in zip(test_x, learned, strict=True):
         mean, sd = _ar1_posterior_mean(series)
         errors.append(abs(float(value) - mean) / sd)
-    assert sum(errors) / len(errors) < 0.6
+    assert sum(errors) / len(errors) < tolerance
 
 
 # --- save / load, and NRE -------------------------------------------------------------------
