@@ -114,7 +114,8 @@ class AmortizedGuide:
         model: a Pyro model with continuous latent sites.
         estimator: a conditional density estimator of parameters given data, trained
             by :meth:`fit` (default :class:`~pyro_sbi.NPE`). Given an `embedding` of
-            its own, it gets the flat observation `(N, d_x)` as it is.
+            its own, it gets the flat observation `(N, d_x)` as it is (with
+            `min_trials`, missing trials NaN).
         min_trials: the fewest trials the guide serves: trained with every number of
             trials from `min_trials` to the number `T` in the training data (see the
             module documentation); `None`: exactly `T`.
