@@ -250,6 +250,9 @@ class ObservationEmbedding(nn.Module):
     embeds it with its network (`None`: the block's values as they are) and
     concatenates the results.
 
+    An estimator saved from a guide loads with a new one of the same layout:
+    `NPE.load(path, embedding=ObservationEmbedding(shapes, networks))`.
+
     Arguments:
         shapes: the shape of each block, in order (a set of trials: `(T, *trial)`).
         embeddings: a network or `None` for each block.

@@ -122,6 +122,18 @@ def test_the_guide_is_invariant_to_the_order_of_the_trials(trials_guide):
     assert torch.allclose(log_q, trials_guide.log_prob(mu, y[torch.randperm(7)]), atol=1e-5)
 
 
+def test_a_guide_estimator_saved_and_loaded_keeps_its_densities(trials_guide, tmp_path):
+    """Catches the guide's embedding (or its tied statistics) lost in the file: the
+    estimator loaded with a new ObservationEmbedding of the same layout agrees exactly."""
+    trials_guide.estimator.save(tmp_path / "guide.pt")
+    layout = ObservationEmbedding([(MAX_TRIALS,)], [DeepSet()])
+    clone = NPE.load(tmp_path / "guide.pt", embedding=layout)
+    y = torch.full((MAX_TRIALS,), math.nan)
+    y[:4] = torch.tensor([0.1, -0.3, 1.2, 0.4])
+    u = torch.linspace(-2.0, 2.0, 7)[:, None]
+    assert torch.equal(clone.log_prob(u, y), trials_guide.estimator.log_prob(u, y))
+
+
 def test_trial_counts_outside_the_trained_range_are_refused(trials_guide):
     with pytest.raises(ValueError, match=r"trained on 1 to 20 trials \(plate 'trials', dim 0\)"):
         trials_guide.sample_posterior(5, torch.zeros(MAX_TRIALS + 1))
