@@ -12,8 +12,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AmortizedGuide",
+    "CNN1d",
+    "DeepSet",
     "Ensemble",
     "Estimator",
+    "GRU",
     "History",
     "MNLE",
     "NLE",
@@ -47,6 +50,7 @@ _arg_constraints = _Distribution.__dict__["arg_constraints"]
 
 from pyro_sbi.diagnostics import c2st, ppc, sbc  # noqa: E402
 from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
+from pyro_sbi.embeddings import GRU, CNN1d, DeepSet  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402

@@ -36,6 +36,7 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from pyro_sbi.embeddings import tied_features
 from pyro_sbi.networks import activation_by_name, flow_by_name
 from pyro_sbi.streamed import StoredPairs
 
@@ -185,8 +186,12 @@ class Estimator(nn.Module):
             theta, x = self._check_pair(theta, x)
             x_shape, flat = x.shape[1:], x.reshape(len(x), -1)
             transformed = self._transform(flat)
-            moments = {"mean": transformed.mean(0), "std": transformed.std(0),
-                       "min": flat.min(0).values, "max": flat.max(0).values}  # fmt: skip
+            ties = tied_features(getattr(self, "embedding", None), x_shape)
+            if ties is None and not bool(torch.isnan(flat).any()):
+                moments = {"mean": transformed.mean(0), "std": transformed.std(0),
+                           "min": flat.min(0).values, "max": flat.max(0).values}  # fmt: skip
+            else:
+                moments = _tied_moments(transformed, flat, ties)
         self.theta_dim = theta.shape[-1]
         self.x_shape = Size(x_shape)
         self.theta_loc, self.theta_scale = _loc_scale(theta.mean(0), theta.std(0), self.z_score)
@@ -620,6 +625,48 @@ def _load_validity(header: dict, state: dict) -> Estimator:
     validity._build()
     validity.num_simulations = header["num_simulations"]
     return validity
+
+
+def _tied_moments(transformed: Tensor, flat: Tensor, ties: Tensor | None) -> dict[str, Tensor]:
+    """Mean, sd, min and max of each column of `(n, L)` data, NaN left out, pooled by ties.
+
+    Columns with one id in `ties (L,)` (e.g. one feature of every trial of a set) share
+    statistics computed over all their values; a missing value (NaN, a padded trial) is
+    left out. A group with fewer than two values gets mean 0 and sd 0 (no scaling), one with
+    none the range [0, 0].
+    """
+    size = flat.shape[-1]
+    ties = torch.arange(size) if ties is None else ties.to(torch.long)
+    if ties.shape != (size,):
+        raise ValueError(
+            f"the embedding's tied_features gave {tuple(ties.shape)} ids for {size} features"
+        )
+    groups = int(ties.max()) + 1
+
+    def pooled(values: Tensor) -> Tensor:  # (L,) sums per column -> (L,) sums per group
+        return values.new_zeros(groups).index_add_(0, ties, values)[ties]
+
+    present = ~torch.isnan(transformed)
+    count = pooled(present.sum(0).to(transformed.dtype))
+    zero = torch.zeros_like(transformed)
+    mean = pooled(torch.where(present, transformed, zero).sum(0)) / count.clamp(min=1)
+    squares = torch.where(present, (transformed - mean) ** 2, zero).sum(0)
+    std = (pooled(squares) / (count - 1).clamp(min=1)).sqrt()
+    few = count < 2
+    mean, std = torch.where(few, 0.0, mean), torch.where(few, 0.0, std)
+    empty = count == 0  # never observed: a range of one point, 0 (the files hold no inf)
+    low = torch.where(empty, 0.0, _pooled_extreme(flat, ties, groups, largest=False))
+    high = torch.where(empty, 0.0, _pooled_extreme(flat, ties, groups, largest=True))
+    return {"mean": mean, "std": std, "min": low, "max": high}
+
+
+def _pooled_extreme(flat: Tensor, ties: Tensor, groups: int, *, largest: bool) -> Tensor:
+    """`(L,)` the largest (or smallest) non-NaN value of each column's group of `flat (n, L)`."""
+    fill = -math.inf if largest else math.inf
+    column = flat.nan_to_num(nan=fill).amax(0) if largest else flat.nan_to_num(nan=fill).amin(0)
+    out = torch.full((groups,), fill, dtype=flat.dtype)
+    out = out.scatter_reduce(0, ties, column, reduce="amax" if largest else "amin")
+    return out[ties]
 
 
 def _loc_scale(loc: Tensor, scale: Tensor, z_score: bool) -> tuple[Tensor, Tensor]:

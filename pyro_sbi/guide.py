@@ -29,6 +29,19 @@ support. It therefore works wherever Pyro takes a guide: `Predictive(model,
 guide=guide, num_samples=...)`, `pyro.infer.Importance(model, guide)`, and `SVI`
 (fine-tuning from the amortised start, after `guide.estimator.requires_grad_(True)`).
 
+**Plates of i.i.d. trials.** A plate of an observed site that holds no latent site is a
+plate of trials: given the latents, its values are exchangeable, so the posterior is a
+function of the *set* of trials. The guide's observation of such a site is the whole
+set, `(T, *trial_shape)` (the trial dim moved first), embedded by a
+:class:`~pyro_sbi.embeddings.DeepSet` (mean-pooled per-trial features and the number
+of trials; the z-score statistics are shared by the trials), and the other sites' values
+are used as they are (:class:`~pyro_sbi.embeddings.ObservationEmbedding`); `embedding=`
+gives any site its own network. With `min_trials=m`, one guide serves every number of
+trials from `m` to the `T` of the training data: each simulation of `T` trials keeps
+its first `n` trials, `n` drawn uniformly from `m..T` (the first `n` of `T` i.i.d.
+trials are a draw of `n` trials, so nothing is simulated twice), the others padded
+with NaN, which the embedding leaves out; data of `n` trials are padded the same way.
+
 Importance sampling with the guide as proposal corrects the amortised posterior where
 the model's density can be evaluated (tractable sites, and simulator sites with a
 likelihood estimator): :meth:`AmortizedGuide.importance` gives weighted draws and their
@@ -51,10 +64,11 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
-from torch import Size, Tensor
+from torch import Size, Tensor, nn
 
 from pyro_sbi._checks import as_count
 from pyro_sbi.density import ModelDensity
+from pyro_sbi.embeddings import DeepSet, ObservationEmbedding
 from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
 from pyro_sbi.runner import ModelRunner, base_trace
@@ -99,13 +113,25 @@ class AmortizedGuide:
     Arguments:
         model: a Pyro model with continuous latent sites.
         estimator: a conditional density estimator of parameters given data, trained
-            by :meth:`fit` (default :class:`~pyro_sbi.NPE`).
+            by :meth:`fit` (default :class:`~pyro_sbi.NPE`). Given an `embedding` of
+            its own, it gets the flat observation `(N, d_x)` as it is (with
+            `min_trials`, missing trials NaN).
+        min_trials: the fewest trials the guide serves: trained with every number of
+            trials from `min_trials` to the number `T` in the training data (see the
+            module documentation); `None`: exactly `T`.
+        embedding: `{site: network}` networks for observed sites, each given the site's
+            values `(N, *shape)` (a plate of trials first, missing trials NaN) and
+            returning `(N, E)`, e.g. :class:`~pyro_sbi.embeddings.CNN1d` for a time
+            series; a site under a plate of trials defaults to
+            :class:`~pyro_sbi.embeddings.DeepSet`, any other to its flat values.
 
     Attributes:
         estimator: the estimator of :math:`q(u \mid x)`.
         latents: the latent sites (:class:`~pyro_sbi.density.LatentSite`), in the order
             of their blocks of :math:`u`; `None` before training.
         observed: `{name: shape}` of the observed sites; `None` before training.
+        trials: `{name: (dim, plate)}` the observed sites under a plate of trials: the
+            dim of the site's value along the plate, and the plate's name.
         history: the training :class:`~pyro_sbi.History`.
 
     Example:
@@ -121,7 +147,10 @@ class AmortizedGuide:
         torch.Size([100])
     """
 
-    def __init__(self, model: Callable, estimator: Estimator | None = None) -> None:
+    def __init__(
+        self, model: Callable, estimator: Estimator | None = None, *,
+        min_trials: int | None = None, embedding: Mapping[str, nn.Module] | None = None,
+    ) -> None:  # fmt: skip
         from pyro_sbi.npe import NPE  # here: NPE is a sibling, not a dependency of guides
 
         self.model = model
@@ -131,8 +160,26 @@ class AmortizedGuide:
                 "AmortizedGuide: estimator must be a pyro_sbi estimator of parameters given "
                 f"data, such as NPE(); got {type(self.estimator).__name__}"
             )
+        if min_trials is not None:
+            min_trials = as_count(min_trials, "AmortizedGuide: min_trials")
+        self.min_trials = min_trials
+        self.embeddings = dict(embedding or {})
+        for name, net in self.embeddings.items():
+            if not isinstance(net, nn.Module):
+                raise TypeError(
+                    f"AmortizedGuide: embedding[{name!r}] must be a torch.nn.Module; got "
+                    f"{type(net).__name__}"
+                )
+        own = getattr(self.estimator, "embedding", None)
+        if self.embeddings and own is not None:
+            raise ValueError(
+                "AmortizedGuide: the estimator has an embedding of its own, which gets the "
+                "whole flat observation; give per-site networks (embedding=) or that, not both"
+            )
+        self._installed = False  # whether the estimator's embedding is the guide's
         self.latents = None
         self.observed: dict[str, Size] | None = None
+        self.trials: dict[str, tuple[int, str]] = {}
         self.history: History | None = None
         self._frames: dict[str, list] = {}
         self._last = None  # (key, x) of the last data read
@@ -166,7 +213,88 @@ class AmortizedGuide:
             lat.name: [f for f in base.nodes[lat.name]["cond_indep_stack"] if f.vectorized]
             for lat in self.latents
         }
+        shared = {f.name for lat in self.latents for f in base.nodes[lat.name]["cond_indep_stack"]}
+        self.trials = {}
+        for name in self.observed:
+            site = base.nodes[name]
+            value, event_dim = site["value"], site["fn"].event_dim
+            frames = [f for f in site["cond_indep_stack"] if f.vectorized]
+            for frame in sorted(frames, key=lambda f: f.dim):  # the leftmost plate first
+                axis = value.dim() - event_dim + frame.dim
+                if frame.name not in shared and axis >= 0:
+                    if value.shape[axis] == frame.size:
+                        self.trials[name] = (axis, frame.name)
+                        break
+        unknown = sorted(set(self.embeddings) - set(self.observed))
+        if unknown:
+            raise ValueError(
+                f"AmortizedGuide: embedding= names {unknown}, which are not observed sites "
+                f"of the model (observed: {sorted(self.observed)})"
+            )
+        if self.min_trials is not None:
+            if not self.trials:
+                raise ValueError(
+                    "AmortizedGuide: min_trials needs an observed site under a plate of "
+                    "trials (a plate that holds no latent site); the model has none"
+                )
+            for name, (axis, plate) in self.trials.items():
+                if self.observed[name][axis] < self.min_trials:
+                    raise ValueError(
+                        f"AmortizedGuide: min_trials={self.min_trials} but site {name!r} has "
+                        f"{self.observed[name][axis]} trials in plate {plate!r} in the training "
+                        "data; train with at least min_trials trials"
+                    )
         return density
+
+    def _arranged(self, name: str, value: Tensor) -> Tensor:
+        """A site's values `(N, *shape)` with its plate of trials first: `(N, T, *rest)`."""
+        if name not in self.trials:
+            return value
+        return value.movedim(1 + self.trials[name][0], 1)
+
+    def _observation(self, values: Mapping[str, Tensor], *, draw_counts: bool) -> Tensor:
+        """The flat observations `(N, d_x)` of sites' values `{name: (N, *shape)}`.
+
+        With `draw_counts` (training) and :attr:`min_trials`, each row keeps the first
+        `n` trials of each plate, `n` uniform in `min_trials..T`, the others NaN.
+        """
+        blocks = {name: self._arranged(name, values[name]) for name in self.observed}
+        if draw_counts and self.min_trials is not None:
+            counts = {}
+            for name, (_, plate) in self.trials.items():
+                block = blocks[name]
+                total = block.shape[1]
+                if plate not in counts:
+                    counts[plate] = torch.randint(self.min_trials, total + 1, (len(block),))
+                missing = torch.arange(total) >= counts[plate][:, None]  # (N, T)
+                missing = missing.reshape(missing.shape + (1,) * (block.dim() - 2))
+                blocks[name] = block.masked_fill(missing, math.nan)
+        n = len(next(iter(blocks.values())))
+        return torch.cat([block.reshape(n, -1) for block in blocks.values()], -1)
+
+    def _install_embedding(self) -> None:
+        """Gives the estimator the networks of the observed sites, if any site needs one."""
+        if not self.trials and not self.embeddings:
+            return
+        if not hasattr(self.estimator, "embedding"):
+            if self.embeddings or self.min_trials is not None:
+                raise TypeError(
+                    f"AmortizedGuide: {type(self.estimator).__name__} takes no embedding "
+                    "network; embedding= and min_trials= need an estimator that does (NPE)"
+                )
+            return  # trials of a fixed number, flat
+        if self.estimator.embedding is not None and not self._installed:
+            return  # the user's own network, on the flat observation
+        shapes, nets = [], []
+        for name, shape in self.observed.items():
+            if name in self.trials:
+                axis = self.trials[name][0]
+                shape = Size([shape[axis], *shape[:axis], *shape[axis + 1 :]])
+            shapes.append(shape)
+            default = DeepSet() if name in self.trials else None
+            nets.append(self.embeddings.get(name, default))
+        self.estimator.embedding = ObservationEmbedding(shapes, nets)
+        self._installed = True
 
     def _data(self, args: tuple, kwargs: dict, model: Callable | None = None) -> Tensor:
         """The observed values of `model` (the guide's) run on `args`, flattened: `(d_x,)`."""
@@ -185,16 +313,44 @@ class AmortizedGuide:
                     f"AmortizedGuide: site {name!r} was observed in training but is not "
                     "observed with these arguments; pass its data"
                 )
-            value = site["value"]
+            value = self._trials_padded(name, site["value"].detach(), shape)
+            parts.append(value.reshape(1, *shape).to(torch.get_default_dtype()))
+        x = self._observation(dict(zip(self.observed, parts, strict=True)), draw_counts=False)[0]
+        self._last = (_remember(given), x)
+        return x
+
+    def _trials_padded(self, name: str, value: Tensor, shape: Size) -> Tensor:
+        """An observed value of `shape`, or of fewer trials padded with NaN, or an error."""
+        if name not in self.trials or self.min_trials is None:
             if value.shape != shape:
                 raise ValueError(
                     f"AmortizedGuide: site {name!r} was trained on data of shape "
                     f"{tuple(shape)}; got {tuple(value.shape)}"
                 )
-            parts.append(value.detach().reshape(-1).to(torch.get_default_dtype()))
-        x = torch.cat(parts)
-        self._last = (_remember(given), x)
-        return x
+            return value
+        axis, plate = self.trials[name]
+        total = shape[axis]
+        fits = value.dim() == len(shape) and all(
+            a == b for i, (a, b) in enumerate(zip(value.shape, shape, strict=True)) if i != axis
+        )
+        if not fits or not self.min_trials <= value.shape[axis] <= total:
+            rest = tuple(shape[:axis]) + ("n",) + tuple(shape[axis + 1 :])
+            raise ValueError(
+                f"AmortizedGuide: site {name!r} was trained on {self.min_trials} to {total} "
+                f"trials (plate {plate!r}, dim {axis}): data of shape {rest} with "
+                f"{self.min_trials} <= n <= {total}; got {tuple(value.shape)}"
+            )
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"AmortizedGuide: site {name!r} holds NaN or inf values; the guide reads NaN "
+                "as a missing trial, so give only the trials observed"
+            )
+        missing = total - value.shape[axis]
+        if missing:
+            pad_shape = list(value.shape)
+            pad_shape[axis] = missing
+            value = torch.cat([value, value.new_full(pad_shape, math.nan)], axis)
+        return value
 
     # training -------------------------------------------------------------------------
 
@@ -208,8 +364,9 @@ class AmortizedGuide:
 
         Returns:
             `u (N, D)`, the latent sites on their unconstrained spaces, and `x (N, d_x)`,
-            the observed sites simulated at them, flattened. Draws whose simulations
-            failed (NaN or inf) are left out.
+            the observed sites simulated at them, flattened (a plate of trials first;
+            with :attr:`min_trials`, the trials past each row's drawn number NaN).
+            Draws whose simulations failed (NaN or inf) are left out.
         """
         num_simulations = as_count(num_simulations, "AmortizedGuide.simulate: num_simulations")
         density = self._layout(args, kwargs)
@@ -227,7 +384,7 @@ class AmortizedGuide:
             x = torch.cat(
                 [value(name, shape).reshape(n, -1) for name, shape in observed.items()], -1
             )
-            return density.unconstrain(z), x
+            return density.unconstrain(z), x  # x in the order of the model's values
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*simulations failed and are NaN.*")
@@ -235,7 +392,13 @@ class AmortizedGuide:
         u = torch.cat([run[0] for run in runs]).to(torch.get_default_dtype())
         x = torch.cat([run[1] for run in runs]).to(torch.get_default_dtype())
         finite = torch.isfinite(x).all(-1) & torch.isfinite(u).all(-1)
-        return u[finite], x[finite]
+        u, x = u[finite], x[finite]
+        values, start = {}, 0
+        for name, shape in observed.items():
+            size = math.prod(shape)
+            values[name] = x[:, start : start + size].reshape(len(x), *shape)
+            start += size
+        return u, self._observation(values, draw_counts=True)
 
     def fit(
         self,
@@ -271,6 +434,7 @@ class AmortizedGuide:
         options = {"progress": progress, **(fit_options or {})}
         if seed is not None:
             options.setdefault("seed", seed)
+        self._install_embedding()
         self.history = self.estimator.fit(u, x, **options)
         self._last = None
         return self.history
@@ -307,11 +471,14 @@ class AmortizedGuide:
         if missing:
             raise ValueError(f"AmortizedGuide.fit_simulations: no values for the sites {missing}")
         u = density.unconstrain({lat.name: latents[lat.name] for lat in self.latents})
-        x = torch.cat([observed[name].reshape(len(u), -1) for name in self.observed], -1)
+        values = {name: observed[name].reshape(len(u), *shape)
+                  for name, shape in self.observed.items()}  # fmt: skip
+        x = self._observation(values, draw_counts=True)
         dtype = torch.get_default_dtype()
         options = {"progress": progress, **(fit_options or {})}
         if seed is not None:
             options.setdefault("seed", seed)
+        self._install_embedding()
         self.history = self.estimator.fit(u.to(dtype), x.to(dtype), **options)
         self._last = None
         return self.history
