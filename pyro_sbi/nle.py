@@ -129,15 +129,13 @@ class NLE(Estimator):
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs.
-            score: `(n, D)` joint scores :math:`
-abla_	heta \log p(x, z \mid 	heta)` of
+            score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
                 the simulations; adds the SCANDAL term of :mod:`pyro_sbi.augment`.
-            score_weight: the weight :math:`lpha` of that term.
+            score_weight: the weight :math:`\alpha` of that term.
 
         Returns:
-            The scalar mean of :math:`-\log q(x_z \mid 	heta_z)`, plus
-            :math:`lpha \, \|
-abla_{	heta_z} \log q - \sigma_	heta \odot t\|^2` on
+            The scalar mean of :math:`-\log q(x_z \mid \theta_z)`, plus
+            :math:`\alpha \, \|\nabla_{\theta_z} \log q - \sigma_\theta \odot t\|^2` on
             average with a score.
         """
         x_z, theta_z = self._standardize(x.reshape(len(x), -1), theta)

@@ -121,6 +121,7 @@ class PyroSimulator:
         self.__module__ = getattr(fn, "__module__", __name__)
 
     def __repr__(self) -> str:
+        """`PyroSimulator(name of the program)`."""
         return f"PyroSimulator({self.__name__})"
 
     def __call__(self, theta: Tensor) -> Tensor:
@@ -279,4 +280,3 @@ def _as_theta(theta, name: str) -> Tensor:
             f"PyroSimulator({name}) expects theta of shape (n, D); got {tuple(theta.shape)}"
         )
     return theta
-

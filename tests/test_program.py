@@ -69,9 +69,7 @@ def test_joint_score_is_an_unbiased_target_for_the_likelihoods_score():
     theta = torch.tensor([[0.6, 0.8]]).expand(20_000, 2).contiguous()
     x, _, t = state_space.simulator.joint(theta)
     theta64 = theta.double().requires_grad_(True)
-    (s,) = torch.autograd.grad(
-        state_space.log_likelihood(x.double(), theta64).sum(), theta64
-    )
+    (s,) = torch.autograd.grad(state_space.log_likelihood(x.double(), theta64).sum(), theta64)
     for values in ((t.double() - s) * s, t.double()):
         z = values.mean(0) / (values.std(0) / len(values) ** 0.5)
         assert z.abs().max() < 4, z
@@ -145,7 +143,9 @@ def test_a_log_density_without_theta_is_reported():
         with pyro.plate("rows", len(theta)):
             return pyro.sample("x", dist.Normal(mean[:, 0], 1.0)).unsqueeze(-1)
 
-    with pytest.raises(ValueError, match=r"does not depend on theta: none of its sample sites \['x'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not depend on theta: none of its sample sites \['x'\]"
+    ):
         PyroSimulator(program).joint(torch.zeros(3, 1))
 
 
@@ -169,5 +169,7 @@ def test_train_with_augment_score_names_a_site_without_a_program():
         theta = pyro.sample("theta", dist.Normal(torch.zeros(1), 1.0).to_event(1))
         return pyro.sample("y", SimulatorDistribution(lambda t: t, theta, NLE()))
 
-    with pytest.raises(ValueError, match="site 'y' has the simulator <lambda>, not a PyroSimulator"):
+    with pytest.raises(
+        ValueError, match="site 'y' has the simulator <lambda>, not a PyroSimulator"
+    ):
         train(model, num_simulations=10, progress=False, augment="score")
