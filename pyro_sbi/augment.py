@@ -102,7 +102,7 @@ def score_loss(
         >>> log_q = lambda theta_z: -0.5 * ((1.0 - theta_z) ** 2).sum(-1)
         >>> theta_z = torch.zeros(3, 1)
         >>> _, residual = score_loss(log_q, theta_z, torch.ones(3, 1), torch.ones(1))
-        >>> float(residual)
+        >>> residual.item()
         0.0
     """
     create_graph = torch.is_grad_enabled()  # training; in validation only the value counts

@@ -1,3 +1,5 @@
+from concurrent.futures import ProcessPoolExecutor
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -115,6 +117,16 @@ def test_with_score_simulates_the_same_x_as_the_program(tmp_path):
     again = simulate(simulator.with_score(), theta, seed=0, batch_size=8, progress=False)
     assert torch.equal(again.x, resumed.x)
     assert log_p.shape == (40,) and score.shape == (40, 2)
+
+
+def test_with_score_runs_on_a_process_pool_as_in_process():
+    """The packed simulator pickles (a program at module level) and is seeded per batch."""
+    simulator = PyroSimulator(latent_program).with_score()
+    theta = torch.rand(32, 2)
+    here = simulate(simulator, theta, seed=5, batch_size=8, progress=False)
+    with ProcessPoolExecutor(2) as pool:
+        there = simulate(simulator, theta, seed=5, batch_size=8, executor=pool, progress=False)
+    assert torch.equal(here.x, there.x) and here.num_failed == 0
 
 
 def test_an_output_computed_from_theta_is_refused():
