@@ -363,6 +363,11 @@ def _checked_fit_options(fit_options: Mapping | None) -> dict:
             "train: fit_options must be a mapping of options of pyro_sbi.fitting.fit, e.g. "
             f'{{"max_epochs": 200}}; got {type(fit_options).__name__}'
         )
+    if "score" in fit_options:
+        raise TypeError(
+            'train: fit_options cannot hold "score"; train(..., augment="score") simulates the '
+            "joint scores of a PyroSimulator and trains on them"
+        )
     parameters = list(inspect.signature(fit).parameters.values())
     if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
         return dict(fit_options)

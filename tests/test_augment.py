@@ -80,7 +80,7 @@ def test_mnle_and_nre_train_on_the_score(estimator):
     estimator.build(theta, x)
     plain = estimator.loss(theta, x)
     shifted = estimator.loss(theta, x, score=torch.full((300, 2), 5.0), score_weight=1.0)
-    assert float(shifted) > float(plain) + 1
+    assert shifted.item() > plain.item() + 1
     history = estimator.fit(theta, x, score=torch.zeros(300, 2), max_epochs=2, progress=False)
     assert history.epochs == 2
 

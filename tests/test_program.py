@@ -185,3 +185,12 @@ def test_train_with_augment_score_names_a_site_without_a_program():
         ValueError, match="site 'y' has the simulator <lambda>, not a PyroSimulator"
     ):
         train(model, num_simulations=10, progress=False, augment="score")
+
+
+def test_train_refuses_a_score_in_fit_options():
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        return pyro.sample("x", SimulatorDistribution(PyroSimulator(latent_program), theta, NLE()))
+
+    with pytest.raises(TypeError, match='fit_options cannot hold "score"'):
+        train(model, num_simulations=10, progress=False, fit_options={"score": torch.zeros(10, 2)})
