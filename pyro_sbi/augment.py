@@ -54,9 +54,16 @@ the score term is in the units of the z-scored parameters, and the weight
 network's output in :math:`\theta_z` is taken with `create_graph=True`, so the loss can be
 differentiated again in the weights :math:`\phi`.
 
-**The weight.** :data:`SCORE_WEIGHT` is the default :math:`\alpha`; its choice is
-measured on the state-space task (:mod:`pyro_sbi.tasks.state_space`) and reported on the
-benchmarks page, "Training with the joint score".
+**The weight.** :data:`SCORE_WEIGHT` is the default :math:`\alpha`, measured (benchmarks
+page, "Training with the joint score"). On a model with one output and a latent mean,
+200 simulations, the held-out KL divergence from the exact likelihood fell from 0.146 to
+0.051 nats at :math:`\alpha = 0.1` and to 0.027 at 0.3 (five seeds, every seed better);
+on the ten-output state-space task (:mod:`pyro_sbi.tasks.state_space`), 1,000
+simulations, it stayed about the same at 0.1 and grew from 0.3 on, where the flow begins
+to fit the noise of the individual scores, and the posterior's C2ST did not improve
+at any weight. 0.1 is the largest weight that never made the held-out likelihood worse.
+The score helps most where one simulation's output says little, as there each joint
+score adds most to what maximum likelihood sees.
 
 References:
     | Mining gold from implicit models to improve likelihood-free inference
