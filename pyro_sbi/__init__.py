@@ -22,6 +22,7 @@ __all__ = [
     "NLE",
     "NPE",
     "NRE",
+    "PyroSimulator",
     "SimulationError",
     "Simulations",
     "SimulatorDistribution",
@@ -61,6 +62,7 @@ from pyro_sbi.mnle import MNLE  # noqa: E402
 from pyro_sbi.nle import NLE  # noqa: E402
 from pyro_sbi.npe import NPE  # noqa: E402
 from pyro_sbi.nre import NRE  # noqa: E402
+from pyro_sbi.program import PyroSimulator  # noqa: E402
 from pyro_sbi.simulation import SimulationError, Simulations, simulate  # noqa: E402
 from pyro_sbi.sir import init_to_sir  # noqa: E402
 from pyro_sbi.streamed import StoredPairs  # noqa: E402

@@ -22,6 +22,7 @@ from __future__ import annotations
 __all__ = ["History", "TrainingInterrupted", "fit"]
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from pyro_sbi import threads
 from pyro_sbi._checks import as_count
+from pyro_sbi.augment import SCORE_WEIGHT
 from pyro_sbi.streamed import StoredPairs
 
 
@@ -132,6 +134,8 @@ def fit(
     theta: Tensor | StoredPairs,
     x: Tensor | None = None,
     *,
+    score: Tensor | None = None,
+    score_weight: float | None = None,
     learning_rate: float = 1e-3,
     batch_size: int = 256,
     max_epochs: int = 1000,
@@ -154,6 +158,14 @@ def fit(
             outputs are read from disk block by block (then `x` is `None`): its
             validation split is whole blocks and its batches come from a shuffle buffer.
         x: `(n, *x_shape)` simulator outputs.
+        score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of the
+            simulations (from a :class:`~pyro_sbi.PyroSimulator`): the loss becomes
+            `estimator.loss(theta, x, score=score, score_weight=score_weight)`, the
+            estimator's objective augmented by the regression of its
+            :math:`\theta`-gradient onto the joint score (:mod:`pyro_sbi.augment`), on the
+            training and the validation split alike. NLE, MNLE and NRE take it.
+        score_weight: the weight :math:`\alpha` of the score term (`None`:
+            :data:`pyro_sbi.augment.SCORE_WEIGHT`).
         learning_rate: Adam's step size.
         batch_size: pairs per gradient step.
         max_epochs: upper bound on passes over the training split.
@@ -200,9 +212,17 @@ def fit(
     max_epochs = as_count(max_epochs, "fit: max_epochs")
     batch_size = as_count(batch_size, "fit: batch_size")
     patience = as_count(patience, "fit: patience", minimum=0)
+    extra = {}
+    if score is not None:
+        extra = {"score": _checked_score(estimator, theta, score)}
+        extra["score_weight"] = SCORE_WEIGHT if score_weight is None else float(score_weight)
+        if not extra["score_weight"] >= 0:
+            raise ValueError(f"fit: score_weight must be >= 0; got {score_weight}")
+    elif score_weight is not None:
+        raise ValueError("fit: score_weight needs score= (the joint scores of the simulations)")
     with threads.num_threads(num_threads):
         return _fit(
-            estimator, theta, x, learning_rate=learning_rate, batch_size=batch_size,
+            estimator, theta, x, extra=extra, learning_rate=learning_rate, batch_size=batch_size,
             max_epochs=max_epochs, patience=patience, validation_fraction=validation_fraction,
             clip_norm=clip_norm, lr_decay=lr_decay, average=average, bootstrap=bootstrap,
             seed=seed, device=device, progress=progress,
@@ -210,7 +230,7 @@ def fit(
 
 
 def _fit(
-    estimator, theta, x, *, learning_rate, batch_size, max_epochs, patience,
+    estimator, theta, x, *, extra, learning_rate, batch_size, max_epochs, patience,
     validation_fraction, clip_norm, lr_decay, average, bootstrap, seed, device, progress,
 ) -> History:  # fmt: skip
     if isinstance(theta, StoredPairs):
@@ -220,7 +240,8 @@ def _fit(
             raise ValueError("fit: bootstrap needs the simulations in memory, not StoredPairs")
         data = theta
     else:
-        data = _InMemory(theta, x)
+        data = _InMemory(theta, x, extra.get("score"))
+    weight = {"score_weight": extra["score_weight"]} if extra else {}
     n = len(data)
     num_validation = max(1, int(round(validation_fraction * n)))
     if n - num_validation < 1:
@@ -257,8 +278,11 @@ def _fit(
             for epoch in bar:
                 estimator.train()
                 total = 0.0
-                for batch_theta, batch_x in train.batches(batch_size):
-                    loss = estimator.loss(batch_theta.to(device), batch_x.to(device))
+                for batch_theta, batch_x, *batch_score in train.batches(batch_size):
+                    loss = estimator.loss(
+                        batch_theta.to(device), batch_x.to(device), **_score(batch_score, device),
+                        **weight,
+                    )  # fmt: skip
                     optimizer.zero_grad()
                     loss.backward()
                     if clip_norm is not None:
@@ -271,7 +295,7 @@ def _fit(
 
                 kept.eval()
                 with torch.no_grad():
-                    validation = _batched_loss(kept, valid, 4 * batch_size, device)
+                    validation = _batched_loss(kept, valid, 4 * batch_size, device, weight)
                 history.validation_loss.append(validation)
                 if scheduler is not None:
                     scheduler.step(validation)
@@ -311,19 +335,48 @@ def _fit(
     return history
 
 
-def _batched_loss(estimator: nn.Module, data, batch_size: int, device) -> float:
+def _batched_loss(estimator: nn.Module, data, batch_size: int, device, weight: dict) -> float:
     """The mean loss over `data` (in its order), in batches of `batch_size`."""
     total = 0.0
-    for theta, x in data.batches(batch_size, shuffle=False):
-        total += estimator.loss(theta.to(device), x.to(device)).item() * len(theta)
+    for theta, x, *score in data.batches(batch_size, shuffle=False):
+        loss = estimator.loss(theta.to(device), x.to(device), **_score(score, device), **weight)
+        total += loss.item() * len(theta)
     return total / len(data)
 
 
-class _InMemory:
-    """Pairs in memory: split once, then batched by a fresh permutation every epoch."""
+def _score(score: list[Tensor], device) -> dict:
+    """`{"score": score}` on `device` for a batch that has scores, else `{}`."""
+    return {"score": score[0].to(device)} if score else {}
 
-    def __init__(self, theta: Tensor, x: Tensor) -> None:
-        self.theta, self.x = theta, x
+
+def _checked_score(estimator: nn.Module, theta, score: Tensor) -> Tensor:
+    """`score (n, D)` as a tensor, refused when it cannot serve `estimator` and `theta`."""
+    name = type(estimator).__name__
+    if "score" not in inspect.signature(estimator.loss).parameters:
+        raise TypeError(
+            f"fit: {name} does not train on joint scores (score=); NLE, MNLE and NRE do"
+        )
+    if isinstance(theta, StoredPairs):
+        raise ValueError("fit: score= needs the simulations in memory, not StoredPairs")
+    score = torch.as_tensor(score).to(theta.dtype)
+    if score.shape != theta.shape:
+        raise ValueError(
+            f"fit: score must have the shape of theta {tuple(theta.shape)} (one joint score "
+            f"per simulation and parameter); got {tuple(score.shape)}"
+        )
+    if not bool(torch.isfinite(score).all()):
+        raise ValueError(
+            f"fit: score holds {int((~torch.isfinite(score)).sum())} non-finite values; leave "
+            "out the simulations whose joint score is not finite"
+        )
+    return score
+
+
+class _InMemory:
+    """Pairs in memory (with their joint scores, if any): split once, batched every epoch."""
+
+    def __init__(self, theta: Tensor, x: Tensor, score: Tensor | None = None) -> None:
+        self.theta, self.x, self.score = theta, x, score
 
     def __len__(self) -> int:
         return len(self.theta)
@@ -335,14 +388,19 @@ class _InMemory:
         if bootstrap:
             train = train[torch.randint(len(train), (len(train),))]
         theta, x = self.theta.to(device), self.x.to(device)
+        score = None if self.score is None else self.score.to(device)
         train, valid = train.to(device), valid.to(device)
-        return _InMemory(theta[train], x[train]), _InMemory(theta[valid], x[valid])
+        return tuple(
+            _InMemory(theta[rows], x[rows], None if score is None else score[rows])
+            for rows in (train, valid)
+        )
 
     def batches(self, batch_size: int, *, shuffle: bool = True):
-        """Every pair once, as `(theta, x)` batches of about `batch_size`."""
+        """Every pair once, as `(theta, x)` (or `(theta, x, score)`) batches of `batch_size`."""
+        tensors = [self.theta, self.x] + ([] if self.score is None else [self.score])
         if not shuffle:
-            yield from zip(self.theta.split(batch_size), self.x.split(batch_size), strict=True)
+            yield from zip(*(tensor.split(batch_size) for tensor in tensors), strict=True)
             return
         permutation = torch.randperm(len(self), device=self.theta.device)
         for batch in permutation.chunk(max(1, math.ceil(len(self) / batch_size))):
-            yield self.theta[batch], self.x[batch]
+            yield tuple(tensor[batch] for tensor in tensors)

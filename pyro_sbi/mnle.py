@@ -69,6 +69,7 @@ from zuko.transforms import (
     MonotonicRQSTransform,
 )
 
+from pyro_sbi.augment import SCORE_WEIGHT, score_loss
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import Estimator, distinct, validation_off
 from pyro_sbi.networks import ResidualMLP, flow_name
@@ -486,18 +487,34 @@ class MNLE(Estimator):
             [F.one_hot(c[..., k], K) for k, K in enumerate(self._classes)], dim=-1
         ).to(self.x_loc.dtype)
 
-    def loss(self, theta: Tensor, x: Tensor) -> Tensor:
-        r"""Negative log-likelihood of a batch, in standardised units.
+    def loss(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        score: Tensor | None = None,
+        score_weight: float = SCORE_WEIGHT,
+    ) -> Tensor:
+        r"""Negative log-likelihood of a batch, in standardised units, with the score term.
 
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, L)` simulator outputs.
+            score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
+                the simulations; adds the SCANDAL term of :mod:`pyro_sbi.augment`.
+            score_weight: the weight :math:`\alpha` of that term.
 
         Returns:
-            The scalar mean of :math:`-\log q(c \mid \theta) - \log q(s_z \mid c, \theta)`.
+            The scalar mean of :math:`-\log q(c \mid \theta) - \log q(s_z \mid c, \theta)`,
+            plus :math:`\alpha \, \|\nabla_{\theta_z} \log q - \sigma_\theta \odot t\|^2` on
+            average with a score.
         """
         x_t, theta_z = self._standardize(x.reshape(len(x), -1), theta)
-        return -self._log_prob_z(x_t, theta_z).mean()
+        if score is None:
+            return -self._log_prob_z(x_t, theta_z).mean()
+        log_p, residual = score_loss(
+            lambda theta_z: self._log_prob_z(x_t, theta_z), theta_z, score, self.theta_scale
+        )
+        return -log_p.mean() + score_weight * residual
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Learned log-likelihood :math:`\log q(x \mid \theta)`, differentiable in `theta`.

@@ -49,6 +49,7 @@ import zuko
 from torch import Size, Tensor
 from torch.distributions import Distribution
 
+from pyro_sbi.augment import SCORE_WEIGHT, score_loss
 from pyro_sbi.conditional import EstimatorDistribution
 from pyro_sbi.estimator import Estimator, validation_off
 from pyro_sbi.networks import flow_name
@@ -116,19 +117,37 @@ class NLE(Estimator):
         """Name of the flow class."""
         return f"flow={getattr(self.flow_class, '__name__', self.flow_class)}"
 
-    def loss(self, theta: Tensor, x: Tensor) -> Tensor:
-        r"""Negative log-likelihood of a batch, in z-scored units.
+    def loss(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        score: Tensor | None = None,
+        score_weight: float = SCORE_WEIGHT,
+    ) -> Tensor:
+        r"""Negative log-likelihood of a batch, in z-scored units, with the score term if given.
 
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs.
+            score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
+                the simulations; adds the SCANDAL term of :mod:`pyro_sbi.augment`.
+            score_weight: the weight :math:`\alpha` of that term.
 
         Returns:
-            The scalar mean of :math:`-\log q(x_z \mid \theta_z)`.
+            The scalar mean of :math:`-\log q(x_z \mid \theta_z)`, plus
+            :math:`\alpha \, \|\nabla_{\theta_z} \log q - \sigma_\theta \odot t\|^2` on
+            average with a score.
         """
         x_z, theta_z = self._standardize(x.reshape(len(x), -1), theta)
-        with validation_off():
-            return -self.flow(theta_z).log_prob(x_z).mean()
+
+        def log_q(theta_z: Tensor) -> Tensor:
+            with validation_off():
+                return self.flow(theta_z).log_prob(x_z)
+
+        if score is None:
+            return -log_q(theta_z).mean()
+        log_p, residual = score_loss(log_q, theta_z, score, self.theta_scale)
+        return -log_p.mean() + score_weight * residual
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Learned log-likelihood :math:`\log q(x \mid \theta)`, differentiable in `theta`.

@@ -106,6 +106,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from pyro_sbi.augment import SCORE_WEIGHT, score_loss
 from pyro_sbi.estimator import Estimator, distinct
 from pyro_sbi.networks import ResidualMLP
 
@@ -240,7 +241,13 @@ class NRE(Estimator):
         """The classifier's logit on embedded `x (*, E)` and `theta_z (*, D)`: `(*)`."""
         return self.classifier(torch.cat([e, theta_z], dim=-1)).squeeze(-1)
 
-    def loss(self, theta: Tensor, x: Tensor) -> Tensor:
+    def loss(
+        self,
+        theta: Tensor,
+        x: Tensor,
+        score: Tensor | None = None,
+        score_weight: float = SCORE_WEIGHT,
+    ) -> Tensor:
         r"""The objective of :attr:`variant` (plus the balancing penalty) on a batch.
 
         Row `i` pairs `x_i` with `theta_{i+k}` (indices modulo the batch size) for
@@ -249,6 +256,11 @@ class NRE(Estimator):
         Arguments:
             theta: `(n, D)` parameters.
             x: `(n, *x_shape)` simulator outputs.
+            score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
+                the simulations; adds the regression of the log-ratio's
+                :math:`\theta`-gradient on the joint pairs onto them
+                (:mod:`pyro_sbi.augment`).
+            score_weight: the weight :math:`\alpha` of that term.
 
         Returns:
             The scalar loss.
@@ -257,9 +269,24 @@ class NRE(Estimator):
         n = len(x_z)
         atoms = max(1, min(self.num_atoms, n - 1))
         shifts = atoms + (self.variant != "B")  # "A" and "C" need a marginal set
-        thetas = torch.stack([theta_z.roll(k, 0) for k in range(shifts)], dim=1)
         e = self._embed(x_z).unsqueeze(1).expand(-1, shifts, -1)
-        d = self._logit(e, thetas)  # (n, shifts); column 0 is the joint pair
+
+        def logits(theta_z: Tensor) -> Tensor:  # (n, shifts); column 0 is the joint pair
+            thetas = torch.stack([theta_z.roll(k, 0) for k in range(shifts)], dim=1)
+            return self._logit(e, thetas)
+
+        residual = 0.0
+        if score is None:
+            d = logits(theta_z)
+        else:
+            kept = {}
+
+            def joint(theta_z: Tensor) -> Tensor:
+                kept["d"] = logits(theta_z)
+                return kept["d"][:, 0]
+
+            _, residual = score_loss(joint, theta_z, score, self.theta_scale)
+            d = kept["d"]
         if self.variant == "A":
             loss = -(F.logsigmoid(d[:, 0]) + F.logsigmoid(-d[:, 1:]).mean(-1)).mean()
         elif self.variant == "B":
@@ -269,7 +296,7 @@ class NRE(Estimator):
         if self.balance > 0:
             p = torch.sigmoid(d[:, :2])
             loss = loss + self.balance * (p[:, 0].mean() + p[:, 1].mean() - 1) ** 2
-        return loss
+        return loss + score_weight * residual
 
     def _contrastive_with_marginal(self, d: Tensor, atoms: int) -> Tensor:
         """NRE-C on logits `d (n, K + 1)`: columns `0..K-1` joint set, `1..K` marginal."""

@@ -49,9 +49,11 @@ from pyro_sbi.distribution import SimulatorDistribution, simulator_of
 from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
 from pyro_sbi.guide import AmortizedGuide
+from pyro_sbi.program import PyroSimulator
 from pyro_sbi.runner import ModelRunner, model_keywords
 from pyro_sbi.seeds import derive
 from pyro_sbi.simulation import Simulations, simulate
+from pyro_sbi.simulation_worker import simulator_name
 from pyro_sbi.store import TrainingStore
 from pyro_sbi.validity import ValidityClassifier
 
@@ -74,6 +76,8 @@ class SiteReport:
             failures included.
         validity: the classifier of :math:`P(\text{valid} \mid \theta)` attached to
             the estimator, when simulations failed.
+        score: `(n, D)` the joint scores the estimator was trained on, with
+            `augment="score"` (`None` otherwise).
     """
 
     sites: list[str]
@@ -85,6 +89,7 @@ class SiteReport:
     simulation_seconds: float
     simulations: list[Simulations] = field(default_factory=list)
     validity: ValidityClassifier | None = None
+    score: Tensor | None = None
 
     def _figures(self) -> dict:
         """The figures of both summaries; epochs summed and the loss averaged over members."""
@@ -140,6 +145,7 @@ def train(
     sampler_options: Mapping | None = None,
     model_kwargs: Mapping | None = None,
     guide: AmortizedGuide | None = None,
+    augment: str | None = None,
     **kwargs,
 ) -> dict[str, SiteReport]:
     r"""Simulates from the model's prior and trains the estimator of every simulator site.
@@ -193,6 +199,12 @@ def train(
             estimator (`SimulatorDistribution(simulator, theta)`) are then only
             simulated. Not with `rounds > 1`; `store=` keeps the likelihood
             estimators' simulations only.
+        augment: `"score"` trains every estimator on the joint score of its
+            simulations besides the pairs (:mod:`pyro_sbi.augment`): each simulator site
+            must have a :class:`~pyro_sbi.PyroSimulator`, whose joint score
+            :math:`\nabla_\theta \log p(x, z \mid \theta)` is simulated (and stored)
+            with `x`; `fit_options={"score_weight": ...}` sets the weight of the score
+            term. `None`: the pairs only.
 
     Sequential rounds concentrate simulations where the posterior is, so the same
     budget buys a more accurate likelihood there (and a less accurate one elsewhere:
@@ -241,6 +253,8 @@ def train(
     if seed is not None:
         fit_options.setdefault("seed", seed)
 
+    if augment not in (None, "score"):
+        raise ValueError(f'train: augment must be None or "score"; got {augment!r}')
     if guide is not None and rounds > 1:
         raise ValueError(
             "train: an amortised guide learns from the prior; rounds > 1 would draw from "
@@ -264,6 +278,8 @@ def train(
             "train: rounds > 1 draw from the posterior given the observations, but no "
             "simulator site is observed; pass the data to the model (obs=...)"
         )
+    if augment == "score":
+        _check_augmentable(collector.sites)
     groups = _group_by_estimator(collector.sites)
     stored = TrainingStore(store) if store is not None else None
     records: dict[str, list[Simulations]] = {name: [] for name in collector.sites}
@@ -297,7 +313,7 @@ def train(
                         site_seed = None  # the stored root seed goes on
                 records[name].append(
                     simulate(
-                        site.row_simulator,
+                        site.row_simulator if augment is None else site.simulator.with_score(),
                         theta,
                         batch_size=simulation_batch_size,
                         batched=site.batched,
@@ -311,7 +327,7 @@ def train(
                     )
                 )
             pooled = [record for name in names for record in records[name]]
-            report = _fit_site(names, collector, pooled, fit_options, validity)
+            report = _fit_site(names, collector, pooled, fit_options, validity, augment)
             if progress:
                 prefix = f"round {round_index + 1}/{rounds}: " if rounds > 1 else ""
                 print(prefix + str(report))
@@ -347,6 +363,11 @@ def _checked_fit_options(fit_options: Mapping | None) -> dict:
             "train: fit_options must be a mapping of options of pyro_sbi.fitting.fit, e.g. "
             f'{{"max_epochs": 200}}; got {type(fit_options).__name__}'
         )
+    if "score" in fit_options:
+        raise TypeError(
+            'train: fit_options cannot hold "score"; train(..., augment="score") simulates the '
+            "joint scores of a PyroSimulator and trains on them"
+        )
     parameters = list(inspect.signature(fit).parameters.values())
     if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
         return dict(fit_options)
@@ -366,12 +387,16 @@ def _checked_fit_options(fit_options: Mapping | None) -> dict:
     return dict(fit_options)
 
 
-def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:
+def _fit_site(names, collector, records, fit_options, validity, augment=None) -> SiteReport:
     """Fits the estimator shared by `names` on all their simulations so far."""
-    estimator = collector.sites[names[0]].estimator
+    site = collector.sites[names[0]]
+    estimator = site.estimator
     theta_all = torch.cat([record.theta for record in records]).to(torch.get_default_dtype())
     ok = torch.cat([record.ok for record in records])
     theta, x = theta_all[ok], torch.cat([record.x for record in records])[ok]
+    score = None
+    if augment == "score":  # rows [x, log p(x, z | theta), score] of PyroSimulator.with_score
+        x, _, score = PyroSimulator.unpack(x, theta.shape[-1], site.x_shape)
     num_failed = int((~ok).sum())
     classifier = None
     if num_failed:
@@ -385,7 +410,9 @@ def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:
             + ("; P(valid | theta) is learned and added to the likelihood" if validity else ""),
             stacklevel=3,
         )
-    history = estimator.fit(theta, x, **fit_options)
+    scored = {} if score is None else {"score": score}
+    history = estimator.fit(theta, x, **fit_options, **scored)
+    fit_options = {key: value for key, value in fit_options.items() if key != "score_weight"}
     estimator.condition_dim = collector.sites[names[0]].condition_dim  # columns of theta
     if num_failed and validity:
         classifier = ValidityClassifier()
@@ -393,8 +420,26 @@ def _fit_site(names, collector, records, fit_options, validity) -> SiteReport:
         estimator.validity = classifier
     seconds = sum(record.seconds for record in records)
     return SiteReport(
-        names, estimator, theta, x, num_failed, history, seconds, records, classifier
+        names, estimator, theta, x, num_failed, history, seconds, records, classifier, score
     )
+
+
+def _check_augmentable(sites: Mapping[str, SimulatorDistribution]) -> None:
+    """Raises naming every site that cannot give joint scores (`augment="score"`)."""
+    for name, site in sites.items():
+        if not isinstance(site.simulator, PyroSimulator):
+            raise ValueError(
+                f'train(augment="score"): site {name!r} has the simulator '
+                f"{simulator_name(site.simulator)}, not a PyroSimulator, so it has no joint "
+                "score; write the simulator as a Pyro program fn(theta) -> x and pass "
+                "SimulatorDistribution(PyroSimulator(fn), theta, estimator)"
+            )
+        if site.condition is not None or not site.batched or site.numpy:
+            raise ValueError(
+                f'train(augment="score"): site {name!r} has a condition, batched=False or '
+                "numpy=True; a PyroSimulator takes a batch of theta as a tensor, without a "
+                "condition"
+            )
 
 
 def _posterior_theta(

@@ -27,6 +27,12 @@ simulations and sampled directly, without MCMC; sbi's ``NPE`` (a MAF, rejection 
 draws outside the prior's support) is its peer; ``--flow nsf`` swaps in a spline flow for
 NLE (the two flows compared: benchmarks page, "Flow families").
 
+``nle-score`` and ``nre-score`` are ``NLE()`` and ``NRE()`` trained on the same
+simulations and, besides, on the joint score of each simulation
+(``fit(..., score=)``, :mod:`pyro_sbi.augment`), on the tasks whose simulator is a
+:class:`~pyro_sbi.PyroSimulator` (``state_space``); their ``simulate s`` includes the
+scores, their rows have no sbi peer.
+
 With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
 :func:`~pyro_sbi.train`): for each observation a fresh estimator is trained on the same
 total budget split over the rounds, later rounds drawing from the current posterior.
@@ -67,8 +73,10 @@ from pyro_sbi.tasks import BROAD
 
 TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
 SUITES = {"sbibm": TASKS, "broad": BROAD}
-ALL_TASKS = TASKS + BROAD  # a task's index roots its simulation seed
-METHODS = ("nle", "nre", "mnle", "npe")
+PROGRAMS = ("state_space",)  # tasks whose simulator is a Pyro program (joint scores)
+ALL_TASKS = TASKS + BROAD + PROGRAMS  # a task's index roots its simulation seed
+METHODS = ("nle", "nre", "mnle", "npe", "nle-score", "nre-score")
+SCORED = ("nle-score", "nre-score")  # trained on the joint score too
 NUM_POSTERIOR = 10_000
 
 
@@ -112,7 +120,7 @@ def _estimator(method: str, flow: str = "maf"):
 
     from pyro_sbi import MNLE, NLE, NRE
 
-    if method == "nle":
+    if method in ("nle", "nle-score"):
         return NLE() if flow == "maf" else NLE(zuko.flows.NSF)
     if method == "mnle":
         return MNLE(discrete=[1])
@@ -120,7 +128,17 @@ def _estimator(method: str, flow: str = "maf"):
 
 
 def _applies(task, method: str) -> bool:
-    """MNLE serves tasks with a discrete column, NLE the others; NRE and NPE serve both."""
+    """MNLE serves tasks with a discrete column, NLE the others; NRE and NPE serve both.
+
+    The methods trained on the joint score serve the tasks whose simulator is a
+    :class:`~pyro_sbi.PyroSimulator`.
+    """
+    from pyro_sbi import PyroSimulator
+
+    if method in SCORED:
+        return isinstance(task.simulator, PyroSimulator) and (
+            method == "nre-score" or not getattr(task, "MIXED", False)
+        )
     mixed = getattr(task, "MIXED", False)
     return method in ("nre", "npe") or (method == "mnle") == mixed
 
@@ -213,8 +231,10 @@ def run(
 
     Arguments:
         tasks: task names (modules of :mod:`pyro_sbi.tasks`).
-        methods: `"nle"`, `"nre"`, `"mnle"`; a method that does not apply to a task
-            (NLE on mixed discrete data, MNLE on continuous data) is skipped.
+        methods: `"nle"`, `"nre"`, `"mnle"`, `"npe"`, `"nle-score"`, `"nre-score"`; a
+            method that does not apply to a task (NLE on mixed discrete data, MNLE on
+            continuous data, the score methods where the simulator is not a Pyro
+            program) is skipped.
         budgets: numbers of simulations.
         observations: sbibm observation numbers (1 to 10).
         compare: `"sbi"` to run sbi on the same simulations.
@@ -231,7 +251,7 @@ def run(
     Returns:
         One :class:`Row` per task, method, budget and observation.
     """
-    from pyro_sbi import c2st, simulate, train
+    from pyro_sbi import PyroSimulator, c2st, simulate, train
 
     rows = []
 
@@ -255,22 +275,25 @@ def run(
         for budget in budgets:
             run_seed = seed + 1000 * budget + ALL_TASKS.index(task_name)
             amortised = [m for m in methods if _applies(task, m)] if 1 in rounds else []
-            if amortised:  # one set of simulations serves every amortised estimator
+            simulated = {}  # one set of simulations serves every amortised estimator
+            for scored in sorted({m in SCORED for m in amortised}):
                 torch.manual_seed(run_seed)
                 theta = task.prior().sample((budget,))
+                simulator = task.simulator.with_score() if scored else task.simulator
                 start = time.perf_counter()
-                sims = simulate(
-                    task.simulator, theta, seed=run_seed, batch_size=budget, progress=False
-                )
-                simulate_s = time.perf_counter() - start
-                theta, x = sims.valid()
+                sims = simulate(simulator, theta, seed=run_seed, batch_size=budget, progress=False)
+                simulated[scored] = (*sims.valid(), time.perf_counter() - start)
             for method in amortised:
+                theta, x, simulate_s = simulated[method in SCORED]
+                options = dict(fit_options or {})
+                if method in SCORED:  # the same x as the others (the same seeds), and t
+                    x, _, options["score"] = PyroSimulator.unpack(x, theta.shape[-1])
                 estimator = _Guide(task) if method == "npe" else _estimator(method, flow)
                 start = time.perf_counter()
-                estimator.fit(theta, x, seed=run_seed, progress=progress, **(fit_options or {}))
+                estimator.fit(theta, x, seed=run_seed, progress=progress, **options)
                 train_s = time.perf_counter() - start
                 peer = None
-                if compare == "sbi":
+                if compare == "sbi" and method not in SCORED:
                     peer = SbiPeer(task, method, run_seed)
                     start = time.perf_counter()
                     peer.train(theta, x)
@@ -288,7 +311,7 @@ def run(
             for method, num_rounds, i in itertools.product(
                 methods, [r for r in rounds if r > 1], observations
             ):
-                if not _applies(task, method) or method == "npe":  # NPE: one round only
+                if not _applies(task, method) or method in ("npe", *SCORED):  # one round only
                     continue
                 estimator = _estimator(method, flow)
                 start = time.perf_counter()

@@ -41,6 +41,11 @@ prior's box (at most three parameters) or rejection sampling.
 - :mod:`~pyro_sbi.tasks.sign_symmetric`: four posterior modes (2, 2);
 - :mod:`~pyro_sbi.tasks.product_ridge`: strongly correlated parameters (2, 2);
 - :mod:`~pyro_sbi.tasks.gamma_times`: positive, skewed data (2, 10).
+
+:mod:`~pyro_sbi.tasks.state_space` is a linear-Gaussian state-space model written as a
+Pyro program (a :class:`~pyro_sbi.PyroSimulator`), whose simulations come with their
+joint score (for `augment="score"`); its likelihood is exact through the Gaussian
+marginal of the path, which the estimators never see (2 parameters, 10 outputs).
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ __all__ = [
     "ddm_upper_prob",
     "simulate_ddm",
     "slcp",
+    "state_space",
     "two_moons",
 ]
 
@@ -87,6 +93,7 @@ from pyro_sbi.tasks import (
     sign_symmetric,
     sir,
     slcp,
+    state_space,
     student_t,
     two_moons,
 )

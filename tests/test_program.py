@@ -1,0 +1,196 @@
+from concurrent.futures import ProcessPoolExecutor
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+
+from pyro_sbi import NLE, PyroSimulator, SimulatorDistribution, simulate, train
+from pyro_sbi.tasks import state_space
+
+
+def latent_program(theta):
+    """z ~ N(theta_0, 1), x ~ N(theta_1 z, 0.5): a latent under a reparameterised site."""
+    with pyro.plate("rows", len(theta)):
+        z = pyro.sample("z", dist.Normal(theta[:, 0], 1.0))
+        return pyro.sample("x", dist.Normal(theta[:, 1] * z, 0.5)).unsqueeze(-1)
+
+
+def discrete_program(theta):
+    """A Bernoulli latent choosing the mean of x: a site with no reparameterisation."""
+    with pyro.plate("rows", len(theta)):
+        c = pyro.sample("c", dist.Bernoulli(logits=theta[:, 0]))
+        return pyro.sample("x", dist.Normal(c * theta[:, 1], 1.0)).unsqueeze(-1)
+
+
+def test_joint_score_matches_the_hand_derived_gradient():
+    """t = (z - theta_0, (x - theta_1 z) z / 0.25) at the values drawn.
+
+    Catches the path derivative: differentiating log p through the rsample'd value of z
+    (values not detached) gives 0 for the first coordinate instead of z - theta_0.
+    """
+    theta = torch.tensor([[0.3, 1.2], [-1.0, 0.5], [2.0, -0.7]])
+    pyro.set_rng_seed(1)
+    x, log_p, score = PyroSimulator(latent_program).joint(theta)
+    pyro.set_rng_seed(1)
+    trace = poutine.trace(latent_program).get_trace(theta)
+    z, drawn = trace.nodes["z"]["value"].detach(), trace.nodes["x"]["value"].detach()
+    expected = torch.stack([z - theta[:, 0], (drawn - theta[:, 1] * z) * z / 0.25], -1)
+    assert torch.equal(x[:, 0], drawn)
+    torch.testing.assert_close(score, expected)
+    exact = dist.Normal(theta[:, 0], 1.0).log_prob(z) + dist.Normal(theta[:, 1] * z, 0.5).log_prob(
+        drawn
+    )
+    torch.testing.assert_close(log_p, exact)
+
+
+def test_a_discrete_site_contributes_the_score_of_its_probability():
+    """d/d logit of log Bernoulli(c | logit) = c - sigmoid(logit): discrete sites need no rsample.
+
+    Catches a score that leaves out sites without a reparameterised sampler.
+    """
+    theta = torch.tensor([[0.4, 2.0]]).expand(6, 2)
+    pyro.set_rng_seed(3)
+    x, _, score = PyroSimulator(discrete_program).joint(theta)
+    pyro.set_rng_seed(3)
+    trace = poutine.trace(discrete_program).get_trace(theta)
+    c = trace.nodes["c"]["value"]
+    expected = torch.stack([c - torch.sigmoid(theta[:, 0]), (x[:, 0] - c * 2.0) * c], -1)
+    torch.testing.assert_close(score, expected)
+
+
+def test_joint_score_is_an_unbiased_target_for_the_likelihoods_score():
+    """E[(t - s(x)) s(x)] = 0 and E[t] = 0, with s the exact score of the state-space model.
+
+    The output is a stack of observation sites (a deterministic function of them). Within
+    four standard errors on 20,000 paths. Catches the path derivative (values not
+    detached), which biases t.
+    """
+    torch.manual_seed(0)
+    theta = torch.tensor([[0.6, 0.8]]).expand(20_000, 2).contiguous()
+    x, _, t = state_space.simulator.joint(theta)
+    theta64 = theta.double().requires_grad_(True)
+    (s,) = torch.autograd.grad(state_space.log_likelihood(x.double(), theta64).sum(), theta64)
+    for values in ((t.double() - s) * s, t.double()):
+        z = values.mean(0) / (values.std(0) / len(values) ** 0.5)
+        assert z.abs().max() < 4, z
+
+
+def test_calling_it_runs_the_program_and_hides_its_sites():
+    """In a model, the program's sites never reach the model's trace."""
+    simulator = PyroSimulator(latent_program)
+
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        return pyro.sample("x", SimulatorDistribution(simulator, theta, x_shape=(1,)))
+
+    trace = poutine.trace(model).get_trace()
+    assert set(trace.stochastic_nodes) == {"theta", "x"}
+    assert trace.nodes["x"]["value"].shape == (1,)
+
+
+def test_with_score_simulates_the_same_x_as_the_program(tmp_path):
+    """Packed rows [x, log p, t] through simulate and a store: the same x, resumable.
+
+    Catches a joint pass that draws other values than a plain call with the same seed,
+    and a store that would simulate stored rows again.
+    """
+    simulator = PyroSimulator(latent_program)
+    theta = torch.rand(40, 2)
+    plain = simulate(simulator, theta, seed=0, batch_size=8, progress=False)
+    store = tmp_path / "sims.zarr"
+    simulate(simulator.with_score(), theta[:24], seed=0, batch_size=8, store=store,
+             progress=False)  # fmt: skip
+    calls = []
+
+    def counted(rows):
+        calls.append(len(rows))
+        return simulator.with_score()(rows)
+
+    counted.__qualname__ = simulator.with_score().__qualname__
+    counted.__module__ = simulator.with_score().__module__
+    resumed = simulate(counted, theta, seed=0, batch_size=8, store=store, progress=False)
+    assert sum(calls) == 16
+    x, log_p, score = PyroSimulator.unpack(resumed.x, 2)
+    assert torch.equal(x, plain.x)
+    again = simulate(simulator.with_score(), theta, seed=0, batch_size=8, progress=False)
+    assert torch.equal(again.x, resumed.x)
+    assert log_p.shape == (40,) and score.shape == (40, 2)
+
+
+def test_with_score_runs_on_a_process_pool_as_in_process():
+    """The packed simulator pickles (a program at module level) and is seeded per batch."""
+    simulator = PyroSimulator(latent_program).with_score()
+    theta = torch.rand(32, 2)
+    here = simulate(simulator, theta, seed=5, batch_size=8, progress=False)
+    with ProcessPoolExecutor(2) as pool:
+        there = simulate(simulator, theta, seed=5, batch_size=8, executor=pool, progress=False)
+    assert torch.equal(here.x, there.x) and here.num_failed == 0
+
+
+def test_an_output_computed_from_theta_is_refused():
+    def program(theta):
+        with pyro.plate("rows", len(theta)):
+            z = pyro.sample("z", dist.Normal(theta[:, 0], 1.0))
+        return (z + theta[:, 1]).unsqueeze(-1)
+
+    with pytest.raises(ValueError, match="depends on theta other than through"):
+        PyroSimulator(program).joint(torch.zeros(3, 2))
+
+
+def test_a_site_shared_by_the_rows_is_named():
+    def program(theta):
+        shared = pyro.sample("shared", dist.Normal(0.0, 1.0))
+        with pyro.plate("rows", len(theta)):
+            return pyro.sample("x", dist.Normal(theta[:, 0] + shared, 1.0)).unsqueeze(-1)
+
+    with pytest.raises(ValueError, match="site 'shared' has a log-density of shape"):
+        PyroSimulator(program).joint(torch.zeros(3, 1))
+
+
+def test_a_log_density_without_theta_is_reported():
+    def program(theta):
+        mean = torch.as_tensor(theta.detach().numpy())
+        with pyro.plate("rows", len(theta)):
+            return pyro.sample("x", dist.Normal(mean[:, 0], 1.0)).unsqueeze(-1)
+
+    with pytest.raises(
+        ValueError, match=r"does not depend on theta: none of its sample sites \['x'\]"
+    ):
+        PyroSimulator(program).joint(torch.zeros(3, 1))
+
+
+def test_train_with_augment_score_fits_on_the_joint_scores():
+    likelihood = NLE()
+    simulator = PyroSimulator(latent_program)
+
+    def model():
+        theta = pyro.sample("theta", dist.Uniform(torch.tensor([-1.0, 0.5]), 1.5).to_event(1))
+        return pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood))
+
+    reports = train(model, num_simulations=300, seed=0, progress=False, augment="score",
+                    fit_options={"max_epochs": 2, "score_weight": 0.5})  # fmt: skip
+    report = reports["x"]
+    assert report.x.shape == (300, 1) and report.score.shape == (300, 2)
+    assert likelihood.trained and likelihood.x_shape == (1,)
+
+
+def test_train_with_augment_score_names_a_site_without_a_program():
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(1), 1.0).to_event(1))
+        return pyro.sample("y", SimulatorDistribution(lambda t: t, theta, NLE()))
+
+    with pytest.raises(
+        ValueError, match="site 'y' has the simulator <lambda>, not a PyroSimulator"
+    ):
+        train(model, num_simulations=10, progress=False, augment="score")
+
+
+def test_train_refuses_a_score_in_fit_options():
+    def model():
+        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        return pyro.sample("x", SimulatorDistribution(PyroSimulator(latent_program), theta, NLE()))
+
+    with pytest.raises(TypeError, match='fit_options cannot hold "score"'):
+        train(model, num_simulations=10, progress=False, fit_options={"score": torch.zeros(10, 2)})
