@@ -56,7 +56,7 @@ import contextlib
 import math
 import warnings
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import pyro
@@ -68,6 +68,7 @@ from torch import Size, Tensor, nn
 
 from pyro_sbi._checks import as_count
 from pyro_sbi.density import ModelDensity
+from pyro_sbi.distribution import simulator_of
 from pyro_sbi.embeddings import DeepSet, ObservationEmbedding
 from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
@@ -368,6 +369,30 @@ class AmortizedGuide:
             with :attr:`min_trials`, the trials past each row's drawn number NaN).
             Draws whose simulations failed (NaN or inf) are left out.
         """
+        u, x, _ = self.simulate_sites(num_simulations, (), *args, **kwargs)
+        return u, x
+
+    def simulate_sites(
+        self, num_simulations: int, sites: Sequence[str], *args, **kwargs
+    ) -> tuple[Tensor, Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        r"""As :meth:`simulate`, and every row the named simulator sites simulated.
+
+        One prior predictive draw runs a simulator site once per element of its batch
+        (each trial of each subject); those rows are pairs a likelihood estimator of the
+        site learns from, so the draws that train the guide train it too.
+
+        Arguments:
+            num_simulations: the number of draws `N`.
+            sites: names of :class:`~pyro_sbi.SimulatorDistribution` sites of the model.
+            args: the model's positional arguments; its observed sites mark the data.
+            kwargs: the model's keyword arguments.
+
+        Returns:
+            `u (N', D)` and `x (N', d_x)` as :meth:`simulate` gives them, and
+            `{site: (context (M, D_s + d_u), x (M, *x_shape))}`: every row each site
+            simulated, its parameters (and condition, :attr:`SimulatorDistribution.context`)
+            beside its output; failed rows (NaN or inf) included.
+        """
         num_simulations = as_count(num_simulations, "AmortizedGuide.simulate: num_simulations")
         density = self._layout(args, kwargs)
         runner = ModelRunner(
@@ -384,13 +409,18 @@ class AmortizedGuide:
             x = torch.cat(
                 [value(name, shape).reshape(n, -1) for name, shape in observed.items()], -1
             )
-            return density.unconstrain(z), x  # x in the order of the model's values
+            rows = {name: _site_rows(trace, name) for name in sites}
+            return density.unconstrain(z), x, rows  # x in the order of the model's values
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*simulations failed and are NaN.*")
             runs, _ = runner.run(size=num_simulations, read=read)
         u = torch.cat([run[0] for run in runs]).to(torch.get_default_dtype())
         x = torch.cat([run[1] for run in runs]).to(torch.get_default_dtype())
+        rows = {
+            name: tuple(torch.cat([run[2][name][k] for run in runs]) for k in (0, 1))
+            for name in sites
+        }
         finite = torch.isfinite(x).all(-1) & torch.isfinite(u).all(-1)
         u, x = u[finite], x[finite]
         values, start = {}, 0
@@ -398,7 +428,7 @@ class AmortizedGuide:
             size = math.prod(shape)
             values[name] = x[:, start : start + size].reshape(len(x), *shape)
             start += size
-        return u, self._observation(values, draw_counts=True)
+        return u, self._observation(values, draw_counts=True), rows
 
     def fit(
         self,
@@ -426,10 +456,35 @@ class AmortizedGuide:
         if seed is not None:
             pyro.set_rng_seed(seed)
         u, x = self.simulate(num_simulations, *args, **kwargs)
+        return self.fit_draws(u, x, seed=seed, fit_options=fit_options, progress=progress)
+
+    def fit_draws(
+        self,
+        u: Tensor,
+        x: Tensor,
+        *,
+        seed: int | None = None,
+        fit_options: Mapping | None = None,
+        progress: bool = True,
+    ) -> History:
+        r"""Fits the estimator to draws of :meth:`simulate` (or :meth:`simulate_sites`).
+
+        Arguments:
+            u: `(N, D)` the latent sites on their unconstrained spaces.
+            x: `(N, d_x)` the observed sites, as :meth:`simulate` flattens them.
+            seed: seeds the training.
+            fit_options: options of :func:`pyro_sbi.fitting.fit`.
+            progress: show a progress bar.
+
+        Returns:
+            The training :class:`~pyro_sbi.History`.
+        """
+        if self.latents is None:
+            raise ValueError("AmortizedGuide.fit_draws: simulate the model first (simulate)")
         if len(u) < 2:
             raise ValueError(
-                f"AmortizedGuide.fit: {len(u)} of {num_simulations} prior predictive draws "
-                "simulated without failing; it needs at least 2"
+                f"AmortizedGuide.fit: {len(u)} prior predictive draws simulated without "
+                "failing; it needs at least 2"
             )
         options = {"progress": progress, **(fit_options or {})}
         if seed is not None:
@@ -659,3 +714,18 @@ class init_to_guide(init_to_sir):  # noqa: N801 -- named like Pyro's init_to_* s
         draws = self.guide.importance(self.num_draws, *self.args, **self.kwargs)
         self.ess = draws.ess
         return draws.resample(self.num_draws)
+
+
+def _site_rows(trace, name: str) -> tuple[Tensor, Tensor]:
+    """`context (M, D + d_u)` and `x (M, *x_shape)`: every row simulator site `name` ran."""
+    node = trace.nodes[name]
+    site = simulator_of(node["fn"])
+    if site is None:
+        raise ValueError(f"AmortizedGuide: site {name!r} is not a SimulatorDistribution")
+    fn, value = node["fn"], node["value"].detach()
+    # the dims of x: what the site's batch dims (plates, `to_event` included) leave over
+    reinterpreted = len(fn.event_shape) - len(site.event_shape)
+    batch = value.shape[: len(fn.batch_shape) + reinterpreted]
+    context = site.context.detach()
+    context = context.expand(batch + context.shape[-1:]).reshape(-1, context.shape[-1])
+    return context, value.reshape(-1, *value.shape[len(batch) :])

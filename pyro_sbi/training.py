@@ -31,6 +31,7 @@ __all__ = ["SiteReport", "train"]
 import difflib
 import inspect
 import math
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
@@ -53,7 +54,7 @@ from pyro_sbi.program import PyroSimulator
 from pyro_sbi.runner import ModelRunner, model_keywords
 from pyro_sbi.seeds import derive
 from pyro_sbi.simulation import Simulations, simulate
-from pyro_sbi.simulation_worker import simulator_name
+from pyro_sbi.simulation_worker import NONFINITE, OK, simulator_name
 from pyro_sbi.store import TrainingStore
 from pyro_sbi.validity import ValidityClassifier
 
@@ -193,12 +194,15 @@ def train(
             function's own options (such as `seed`); other keywords this function
             does not take go to the model too.
         guide: an :class:`~pyro_sbi.AmortizedGuide` of the model, trained on
-            `num_simulations` draws of the model's prior predictive distribution (its
-            own simulations, beside those of the likelihood estimators); the model's
-            arguments mark which sites are observed. Simulator sites without an
-            estimator (`SimulatorDistribution(simulator, theta)`) are then only
-            simulated. Not with `rounds > 1`; `store=` keeps the likelihood
-            estimators' simulations only.
+            `num_simulations` draws of the model's prior predictive distribution; the
+            model's arguments mark which sites are observed. One budget: every row a
+            simulator site runs in those draws (each trial of each subject) also trains
+            the site's likelihood estimator, so nothing is simulated twice. With
+            `store=`, `proposal=` or `augment=` the estimators get simulations of their
+            own instead (`num_simulations` rows per site, as without a guide; the store
+            keeps those only). Simulator sites without an estimator
+            (`SimulatorDistribution(simulator, theta)`) are only simulated. Not with
+            `rounds > 1`.
         augment: `"score"` trains every estimator on the joint score of its
             simulations besides the pairs (:mod:`pyro_sbi.augment`): each simulator site
             must have a :class:`~pyro_sbi.PyroSimulator`, whose joint score
@@ -281,6 +285,15 @@ def train(
     if augment == "score":
         _check_augmentable(collector.sites)
     groups = _group_by_estimator(collector.sites)
+    if (
+        guide is not None
+        and collector.sites
+        and all(option is None for option in (store, proposal, augment))
+    ):
+        return _train_with_guide(  # one budget: the guide's draws train the estimators too
+            guide, args, kwargs, collector, groups, num_simulations, seed, fit_options,
+            validity, progress,
+        )  # fmt: skip
     stored = TrainingStore(store) if store is not None else None
     records: dict[str, list[Simulations]] = {name: [] for name in collector.sites}
     reports: dict[str, SiteReport] = {}
@@ -338,14 +351,48 @@ def train(
             **kwargs,
         )  # fmt: skip
         if progress:
-            history = guide.history
-            print(
-                f"guide {type(guide.estimator).__name__} of "
-                f"{[latent.name for latent in guide.latents]}: "
-                f"{guide.estimator.num_simulations} simulations, {history.epochs} epochs, "
-                f"validation loss {history.best_validation_loss:.3f}"
-            )
+            print(_guide_summary(guide))
     return reports
+
+
+def _train_with_guide(
+    guide, args, kwargs, collector, groups, num_simulations, seed, fit_options, validity, progress
+) -> dict[str, SiteReport]:
+    """Fits the guide and every likelihood estimator on one set of prior predictive draws."""
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    start = time.perf_counter()
+    u, x, rows = guide.simulate_sites(num_simulations, list(collector.sites), *args, **kwargs)
+    seconds = time.perf_counter() - start
+    total = sum(len(context) for context, _ in rows.values())
+    reports: dict[str, SiteReport] = {}
+    for names in groups.values():
+        records = []
+        for name in names:
+            context, values = rows[name]
+            finite = torch.isfinite(values.reshape(len(values), -1)).all(-1)
+            status = torch.where(finite, OK, NONFINITE).to(torch.int8)
+            share = seconds * len(context) / max(total, 1)
+            seeds = torch.full((len(context),), -1, dtype=torch.int64)
+            records.append(Simulations(context, values, status, seeds, seconds=share))
+        report = _fit_site(names, collector, records, fit_options, validity)
+        if progress:
+            print(report)
+        reports.update(dict.fromkeys(names, report))
+    guide.fit_draws(u, x, seed=seed, fit_options=fit_options, progress=progress)
+    if progress:
+        print(_guide_summary(guide))
+    return reports
+
+
+def _guide_summary(guide: AmortizedGuide) -> str:
+    history = guide.history
+    return (
+        f"guide {type(guide.estimator).__name__} of "
+        f"{[latent.name for latent in guide.latents]}: "
+        f"{guide.estimator.num_simulations} simulations, {history.epochs} epochs, "
+        f"validation loss {history.best_validation_loss:.3f}"
+    )
 
 
 def _checked_fit_options(fit_options: Mapping | None) -> dict:

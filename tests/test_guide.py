@@ -11,6 +11,7 @@ import torch
 from pyro.infer import SVI, Importance, Predictive, Trace_ELBO
 
 from pyro_sbi import (
+    NLE,
     NPE,
     AmortizedGuide,
     SimulatorDistribution,
@@ -387,3 +388,46 @@ def test_errors():
         train(simulator_model, torch.zeros(3, 2), num_simulations=10, rounds=2, guide=guide)
     with pytest.raises(ValueError, match="or pass guide=AmortizedGuide"):
         train(simulator_model, num_simulations=10)
+
+
+class CountingLinear:
+    """`linear`, counting the rows it simulates."""
+
+    def __init__(self):
+        self.rows = 0
+
+    def __call__(self, theta):
+        self.rows += len(theta)
+        return linear(theta)
+
+
+def test_one_budget_trains_the_guide_and_the_likelihood_on_the_same_draws():
+    """With a guide, every row the simulator ran in the guide's prior predictive draws
+    (each trial of each subject) trains the NLE too, and nothing else is simulated.
+    Catches the estimator simulated separately (twice the rows), rows paired with
+    another subject's theta (a likelihood far from the truth) and trials dropped."""
+    simulator, likelihood = CountingLinear(), NLE()
+
+    def model(x=None):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+        with pyro.plate("subjects", 3):
+            theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
+            with pyro.plate("trials", 4, dim=-2):
+                return pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x)
+
+    guide = AmortizedGuide(model)
+    reports = train(model, torch.zeros(4, 3, 2), num_simulations=1000, guide=guide, seed=0,
+                    progress=False, fit_options={"max_epochs": 30})  # fmt: skip
+    report = reports["x"]
+    assert simulator.rows == 1000 * 3 * 4 == len(report.theta) == len(report.x)
+    assert guide.trained and guide.estimator.num_simulations == 1000
+    assert likelihood.num_simulations == 1000 * 3 * 4
+    # each subject's theta appears once per trial: 1000 x 3 distinct rows, 4 times each
+    _, counts = report.theta.unique(dim=0, return_counts=True)
+    assert len(counts) == 1000 * 3 and (counts == 4).all()
+    theta = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
+    x = linear(theta)
+    exact = dist.Normal(theta, NOISE).log_prob(x).sum(-1)
+    with torch.no_grad():
+        learned = likelihood.log_prob(x, theta)
+    assert (learned - exact).mean().abs() < 0.1 and (learned - exact).std() < 0.2
