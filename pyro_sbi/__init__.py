@@ -14,6 +14,7 @@ __all__ = [
     "AmortizedGuide",
     "Ensemble",
     "Estimator",
+    "FMPE",
     "History",
     "MNLE",
     "NLE",
@@ -50,6 +51,7 @@ from pyro_sbi.distribution import SimulatorDistribution  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
+from pyro_sbi.fmpe import FMPE  # noqa: E402
 from pyro_sbi.guide import AmortizedGuide, init_to_guide  # noqa: E402
 from pyro_sbi.infer import SliceMCMC  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402

@@ -344,4 +344,3 @@ class _ConditionalCNF(LazyDistribution):
         features = self.field.net.outer[-1].out_features
         loc = c.new_zeros(c.shape[:-1] + (features,))
         return NormalizingFlow(transform, DiagNormal(loc, torch.ones_like(loc)))
-
