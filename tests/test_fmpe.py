@@ -36,8 +36,8 @@ X_O = [torch.tensor([1.5, -1.0]), torch.tensor([-3.0, 0.5])]
 def test_fmpe_draws_follow_the_closed_form_posterior(fmpe_2d, x_o):
     """Catches theta paired with another row's x (the draws then ignore x), the path's
     time reversed in the loss (t = 1 taken as the data end), or draws left z-scored.
-    Measured over training seeds 0-2 (2000 simulations): mean errors at most 0.061
-    posterior sds, sd ratios within 0.072 of 1; the Monte Carlo error of 2000 draws
+    Measured over training seeds 0-2 with 20,000 draws: mean errors at most 0.042
+    posterior sds, sd ratios within 0.084 of 1; the Monte Carlo error of 2000 draws
     adds 4 / sqrt(2000) = 0.09 sd to the mean and 4 / sqrt(2 * 2000) = 0.063 to the sd
     ratio at four standard errors."""
     torch.manual_seed(1)
@@ -45,31 +45,31 @@ def test_fmpe_draws_follow_the_closed_form_posterior(fmpe_2d, x_o):
     assert draws.shape == (2000, 2)
     mean_error = ((draws.mean(0) - _posterior_mean(x_o)) / SD).abs().max()
     sd_error = (draws.std(0) / SD - 1).abs().max()
-    assert mean_error < 0.061 + 0.09 and sd_error < 0.072 + 0.063
+    assert mean_error < 0.05 + 0.09 and sd_error < 0.09 + 0.063
 
 
 def test_fmpe_log_prob_is_normalised_and_matches_its_draws(fmpe_2d):
     """Catches a density without the divergence term or with the z-scoring's Jacobian of
     the wrong sign (theta's scale is 2: a factor 16 in mass), and a density whose mean is
-    not that of the draws. Measured over seeds 0-2: mass on the +-3.5 sd grid
-    0.9981-0.9987 (the exact Gaussian's 0.9991), the mean of the density within 0.06 sd
-    of the closed form."""
+    not that of the posterior. Measured over training seeds 0-2: mass on the +-3.5 sd
+    grid 0.9986-0.9989 (the exact Gaussian's 0.9994 on it), the mean of the density
+    within 0.042 sd of the closed form."""
     x_o = X_O[0]
     mean = _posterior_mean(x_o)
     axis = torch.linspace(-3.5, 3.5, 36)
     grid = torch.cartesian_prod(axis, axis) * SD + mean
     with torch.no_grad():
         q = fmpe_2d.log_prob(grid, x_o).exp() * ((axis[1] - axis[0]) * SD) ** 2
-    assert abs(q.sum() - 0.999) < 0.01
+    assert abs(q.sum() - 0.9994) < 0.005
     density_mean = (q[:, None] * grid).sum(0) / q.sum()
-    assert ((density_mean - mean) / SD).abs().max() < 0.15
+    assert ((density_mean - mean) / SD).abs().max() < 0.1
 
 
 def test_fmpe_log_prob_is_the_closed_form_at_its_draws(fmpe_2d):
     """Catches log-densities evaluated at another x or through the ODE in the wrong
     direction: at the estimator's own draws, log q - log p (p the exact posterior)
-    has mean and sd near 0. Measured over seeds 0-2 (3000 simulations): mean 0.005-0.020,
-    sd 0.10-0.17."""
+    has mean and sd near 0. Measured over training seeds 0-2: mean 0.017-0.028, sd
+    0.115-0.186; four standard errors of the mean of 300 draws are 0.043."""
     x_o = X_O[1]
     torch.manual_seed(2)
     draws = fmpe_2d.sample(x_o, (300,))
@@ -224,23 +224,28 @@ def test_guide_with_fmpe_gives_both_closed_form_posteriors(fmpe_guide):
     """Catches FMPE's posterior distribution built for another x (the guide's draws then
     ignore the data) and draws outside (0, 1); one draw through the guide's trace takes
     its blocks from the FMPE draw.
-    Measured over training seeds 0-2: mean errors at most 0.19 posterior sds, sd ratios
-    within 0.10 of 1."""
+    Measured over training seeds 0-2 with 20,000 draws: mean errors at most 0.342
+    posterior sds (mu, seed 2), sd ratios within 0.087 of 1; four standard errors of
+    2000 draws add 0.09 and 0.063."""
     y, z = _data(15, 0.6)
     draws = fmpe_guide.sample_posterior(2000, y, z)
     assert ((draws["p"] > 0) & (draws["p"] < 1)).all()
     for value, (mean, sd) in zip((draws["p"], draws["mu"]), _closed_form(15, z), strict=True):
-        assert abs(value.mean() - mean) / sd < 0.35 and abs(value.std() / sd - 1) < 0.2
+        assert abs(value.mean() - mean) / sd < 0.35 + 0.09
+        assert abs(value.std() / sd - 1) < 0.09 + 0.063
     trace = pyro.poutine.trace(fmpe_guide).get_trace(y, z)  # one draw through the guide
     u = trace.nodes["_amortized_guide_latent"]["value"]
     assert u.shape == (2,) and abs(float(trace.nodes["mu"]["value"]) - float(u[1])) == 0
 
 
 def test_guide_with_fmpe_log_prob_and_importance(fmpe_guide):
-    """Catches a guide density that is not the one its draws follow (importance weights
-    then degenerate and correct to the wrong place) and a trace density other than
-    `log_prob`. Measured over seeds 0-2: ESS 1780-1900 of 2000, corrected mu within 0.06
-    posterior sds."""
+    """Catches a guide density evaluated for other data than its draws were (importance
+    weights then degenerate), and checks that the guide's trace density is its
+    `log_prob`. A divergence of the wrong sign is not caught here (for a near-Gaussian
+    posterior it shifts log q by a near constant): the normalisation test catches it.
+    Measured over training seeds 0-2: ESS 816-966 of 1000, corrected mu within 0.074
+    posterior sds; four standard errors of the weighted mean of 816 effective draws
+    are 0.14."""
     y, z = _data(8, -0.4)
     trace = pyro.poutine.trace(fmpe_guide).get_trace(y, z)
     trace.compute_log_prob()
@@ -253,7 +258,7 @@ def test_guide_with_fmpe_log_prob_and_importance(fmpe_guide):
     assert 0.6 * 1000 < draws.ess <= 1000
     _, (mu_mean, mu_sd) = _closed_form(8, z)
     corrected = float((draws.log_weights.exp() * draws.samples["mu"]).sum())
-    assert abs(corrected - float(mu_mean)) < 0.2 * mu_sd
+    assert abs(corrected - float(mu_mean)) < (0.074 + 0.14) * mu_sd
 
 
 def test_svi_fine_tunes_an_fmpe_guide():
