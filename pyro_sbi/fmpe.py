@@ -22,16 +22,22 @@ marginal :math:`p_t(\theta_t \mid x) = \int \mathcal{N}(\theta_t; (1 - t)\theta,
 \sigma) t`) runs from :math:`p(\theta \mid x) * \mathcal{N}(0, \sigma^2 I)` at
 :math:`t = 0` to :math:`\mathcal{N}(0, I)` at :math:`t = 1`.
 
-**The marginal field moves the marginal path.** Each conditional path satisfies the
-continuity equation :math:`\partial_t p_t(\theta_t \mid \theta, \epsilon\text{-law}) +
-\nabla \cdot (p_t\, u_t) = 0` with its own velocity. The equation is linear in the
-flux :math:`p_t u_t`, so averaging over :math:`p(\theta \mid x)` shows that the
+**The marginal field moves the marginal path.** Given :math:`\theta`, the conditional
+path :math:`p_t(\theta_t \mid \theta) = \mathcal{N}((1 - t)\theta, \beta_t^2 I)` is
+moved by the field :math:`u_t(\theta_t \mid \theta) = (1 - \sigma)(\theta_t - (1 - t)
+\theta) / \beta_t - \theta` (the velocity :math:`u` above, with :math:`\epsilon` read
+off :math:`\theta_t`): it satisfies the continuity equation :math:`\partial_t p_t(\cdot
+\mid \theta) + \nabla \cdot \big(p_t(\cdot \mid \theta)\, u_t(\cdot \mid \theta)\big) =
+0`. The equation is linear in :math:`p_t` and in the flux :math:`p_t u_t`, so
+integrating it against :math:`p(\theta \mid x)\, \mathrm{d}\theta` shows that the
 marginal path satisfies it with the *marginal* field
 
 .. math::
 
-    u_t(\theta_t \mid x) = \mathbb{E}\big[ (1 - \sigma)\, \epsilon - \theta
-    \,\big|\, \theta_t, x \big] ,
+    u_t(\theta_t \mid x) = \frac{\int u_t(\theta_t \mid \theta)\,
+    p_t(\theta_t \mid \theta)\, p(\theta \mid x)\, \mathrm{d}\theta}
+    {p_t(\theta_t \mid x)}
+    = \mathbb{E}\big[ (1 - \sigma)\, \epsilon - \theta \,\big|\, \theta_t, x \big] ,
 
 the mean velocity of the straight lines through :math:`\theta_t` at time :math:`t`.
 Integrating :math:`u_t(\cdot \mid x)` backwards from :math:`t = 1` thus transports
