@@ -49,11 +49,11 @@ def test_fmpe_draws_follow_the_closed_form_posterior(fmpe_2d, x_o):
 
 
 def test_fmpe_log_prob_is_normalised_and_matches_its_draws(fmpe_2d):
-    """Catches a density without the divergence term or with the z-scoring's Jacobian of
-    the wrong sign (theta's scale is 2: a factor 16 in mass), and a density whose mean is
-    not that of the posterior. Measured over training seeds 0-2: mass on the +-3.5 sd
-    grid 0.9986-0.9989 (the exact Gaussian's 0.9994 on it), the mean of the density
-    within 0.042 sd of the closed form."""
+    """Catches a density without the divergence term, with the divergence of the wrong
+    sign, or with the z-scoring's Jacobian of the wrong sign (theta's scale is 2: a
+    factor 16 in mass); the density's mean is the closed form's. Measured over training
+    seeds 0-2: mass on the +-3.5 sd grid 0.9986-0.9989 (the exact Gaussian's 0.9994 on
+    it), the mean of the density within 0.042 sd of the closed form."""
     x_o = X_O[0]
     mean = _posterior_mean(x_o)
     axis = torch.linspace(-3.5, 3.5, 36)
@@ -66,10 +66,10 @@ def test_fmpe_log_prob_is_normalised_and_matches_its_draws(fmpe_2d):
 
 
 def test_fmpe_log_prob_is_the_closed_form_at_its_draws(fmpe_2d):
-    """Catches log-densities evaluated at another x or through the ODE in the wrong
-    direction: at the estimator's own draws, log q - log p (p the exact posterior)
-    has mean and sd near 0. Measured over training seeds 0-2: mean 0.017-0.028, sd
-    0.115-0.186; four standard errors of the mean of 300 draws are 0.043."""
+    """Catches log-densities evaluated at another x (the field's context zeroed): at the
+    estimator's own draws, log q - log p (p the exact posterior) has mean and sd near 0.
+    Measured over training seeds 0-2: mean 0.017-0.028, sd 0.115-0.186; four standard
+    errors of the mean of 300 draws are 0.043."""
     x_o = X_O[1]
     torch.manual_seed(2)
     draws = fmpe_2d.sample(x_o, (300,))
@@ -107,7 +107,9 @@ def small():
 
 
 def test_fmpe_shapes(small):
-    """Catches a batch of x not broadcast against the draws or against theta."""
+    """Catches theta and x not broadcast to one batch shape before the solve (the
+    divergence's accumulator then takes theta's shape), and checks the shapes of draws,
+    densities and the posterior distribution."""
     x = torch.randn(5, 4)
     assert small.sample(x, (6, 2)).shape == (6, 2, 5, 3)
     assert small.sample(x[0]).shape == (3,)
