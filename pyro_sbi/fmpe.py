@@ -146,6 +146,13 @@ class FMPE(Estimator):
     to 0.06 nats against a tight solve (`1e-6`), at `1e-4` by 0.004: hence
     `rtol = 1e-4`, `atol = 1e-5`.
 
+    It trains with a moving average of its weights and a patience of 50 epochs
+    (:attr:`fit_defaults`): the flow-matching loss keeps falling slowly long after a
+    patience of 20 stops. On two_moons at 10,000 simulations, patience 20, 50 and 100
+    stopped at epochs 94, 199 and 362 with C2ST 0.722, 0.610 and 0.539; at 1,000
+    simulations patience 50 scored 0.730 against 0.766. Pass `patience=100` for the
+    more accurate fit at about twice the training time.
+
     Arguments:
         z_score: standardise `theta` and `x` with the training statistics.
         embedding: a module mapping z-scored `x (N, *x_shape)` to features `(N, E)` that
@@ -168,7 +175,7 @@ class FMPE(Estimator):
         torch.Size([4, 3])
     """
 
-    fit_defaults: ClassVar[dict] = {"average": 0.99}
+    fit_defaults: ClassVar[dict] = {"average": 0.99, "patience": 50}
 
     def __init__(
         self,
