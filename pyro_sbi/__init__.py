@@ -16,6 +16,7 @@ __all__ = [
     "DeepSet",
     "Ensemble",
     "Estimator",
+    "FMPE",
     "GRU",
     "History",
     "MNLE",
@@ -55,6 +56,7 @@ from pyro_sbi.embeddings import GRU, CNN1d, DeepSet  # noqa: E402
 from pyro_sbi.ensemble import Ensemble  # noqa: E402
 from pyro_sbi.estimator import Estimator, UntrainedEstimatorError  # noqa: E402
 from pyro_sbi.fitting import History, fit  # noqa: E402
+from pyro_sbi.fmpe import FMPE  # noqa: E402
 from pyro_sbi.guide import AmortizedGuide, init_to_guide  # noqa: E402
 from pyro_sbi.infer import SliceMCMC  # noqa: E402
 from pyro_sbi.inference_data import to_inference_data  # noqa: E402

@@ -3,7 +3,7 @@ r"""An amortised posterior as a Pyro guide: every latent site, given every obser
 :class:`AmortizedGuide` learns :math:`q(z \mid x)` for *all* latent sites :math:`z` of
 a model (hierarchical ones included) given all its observed sites :math:`x`, from the
 model's own prior predictive simulations, with a conditional density estimator
-(:class:`~pyro_sbi.NPE` by default):
+(:class:`~pyro_sbi.NPE` by default, or :class:`~pyro_sbi.FMPE`):
 
 1. the model runs `N` times at once, unconditioned (`poutine.uncondition`), under an
    extra plate: its latent sites draw from their priors and its observed sites are
@@ -114,7 +114,8 @@ class AmortizedGuide:
     Arguments:
         model: a Pyro model with continuous latent sites.
         estimator: a conditional density estimator of parameters given data, trained
-            by :meth:`fit` (default :class:`~pyro_sbi.NPE`). Given an `embedding` of
+            by :meth:`fit` (default :class:`~pyro_sbi.NPE`; :class:`~pyro_sbi.FMPE`
+            for flow matching). Given an `embedding` of
             its own, it gets the flat observation `(N, d_x)` as it is (with
             `min_trials`, missing trials NaN).
         min_trials: the fewest trials the guide serves: trained with every number of

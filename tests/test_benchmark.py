@@ -75,18 +75,31 @@ def test_benchmark_runs_end_to_end_and_writes_rows(tmp_path, recorded):
     assert (tmp_path / "c2st.png").stat().st_size > 1000
 
 
-def test_benchmark_npe_rows_score_the_guides_draws_inside_the_prior(recorded):
-    """Catches NPE draws scored for another observation, or leaking out of the prior's box
-    (two_moons: theta in [-1, 1]^2), which a guide on the unconstrained space cannot do."""
+@pytest.mark.parametrize("method", ["npe", "fmpe"])
+def test_benchmark_posterior_rows_score_the_guides_draws_inside_the_prior(
+    recorded, monkeypatch, method
+):
+    """Catches NPE or FMPE draws scored for another observation, leaking out of the prior's
+    box (two_moons: theta in [-1, 1]^2), which a guide on the unconstrained space cannot
+    do, or a row of one method fitted with the other's estimator."""
     from pyro_sbi.tasks import two_moons
 
+    guides = []
+    real_init = compare._Guide.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        guides.append(self)
+
+    monkeypatch.setattr(compare._Guide, "__init__", init)
     rows = compare.run(
-        ["two_moons"], ["npe"], [300], [1, 2], seed=0, log=lambda *a, **k: None,
+        ["two_moons"], [method], [300], [1, 2], seed=0, log=lambda *a, **k: None,
         num_posterior=500, fit_options={"max_epochs": 5},
     )  # fmt: skip
     assert [(r.task, r.method, r.observation) for r in rows] == [
-        ("two_moons", "npe", i) for i in (1, 2)
+        ("two_moons", method, i) for i in (1, 2)
     ]
+    assert [type(g.guide.estimator).__name__ for g in guides] == [method.upper()]
     check_scores(rows, two_moons, recorded, 500)
     for _, samples in recorded[0]:
         assert samples.abs().max() < 1.0

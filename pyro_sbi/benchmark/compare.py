@@ -24,8 +24,10 @@ task, all with
 through an :class:`~pyro_sbi.AmortizedGuide` of the task's model (the parameters on
 their unconstrained space, so a box prior leaks no mass), fitted to the same
 simulations and sampled directly, without MCMC; sbi's ``NPE`` (a MAF, rejection of
-draws outside the prior's support) is its peer; ``--flow nsf`` swaps in a spline flow for
-NLE (the two flows compared: benchmarks page, "Flow families").
+draws outside the prior's support) is its peer. ``fmpe`` is the same with ``FMPE()``
+(flow matching, sampled by an ODE solve), beside sbi's ``FMPE`` (its default MLP vector
+field, ODE sampling, rejection outside the prior's support); ``--flow nsf`` swaps in a
+spline flow for NLE (the two flows compared: benchmarks page, "Flow families").
 
 ``nle-score`` and ``nre-score`` are ``NLE()`` and ``NRE()`` trained on the same
 simulations and, besides, on the joint score of each simulation
@@ -75,7 +77,8 @@ TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
 SUITES = {"sbibm": TASKS, "broad": BROAD}
 PROGRAMS = ("state_space",)  # tasks whose simulator is a Pyro program (joint scores)
 ALL_TASKS = TASKS + BROAD + PROGRAMS  # a task's index roots its simulation seed
-METHODS = ("nle", "nre", "mnle", "npe", "nle-score", "nre-score")
+METHODS = ("nle", "nre", "mnle", "npe", "fmpe", "nle-score", "nre-score")
+POSTERIORS = ("npe", "fmpe")  # amortised posteriors: sampled directly, one round only
 SCORED = ("nle-score", "nre-score")  # trained on the joint score too
 NUM_POSTERIOR = 10_000
 
@@ -128,7 +131,7 @@ def _estimator(method: str, flow: str = "maf"):
 
 
 def _applies(task, method: str) -> bool:
-    """MNLE serves tasks with a discrete column, NLE the others; NRE and NPE serve both.
+    """MNLE serves tasks with a discrete column, NLE the others; NRE, NPE and FMPE serve both.
 
     The methods trained on the joint score serve the tasks whose simulator is a
     :class:`~pyro_sbi.PyroSimulator`.
@@ -140,20 +143,22 @@ def _applies(task, method: str) -> bool:
             method == "nre-score" or not getattr(task, "MIXED", False)
         )
     mixed = getattr(task, "MIXED", False)
-    return method in ("nre", "npe") or (method == "mnle") == mixed
+    return method in ("nre", *POSTERIORS) or (method == "mnle") == mixed
 
 
 class _Guide:
-    """Our NPE as a user writes it: an :class:`~pyro_sbi.AmortizedGuide` of the task's model.
+    """Our NPE or FMPE as a user writes it: an :class:`~pyro_sbi.AmortizedGuide` of the model.
 
-    The parameters are learned on their unconstrained space; the guide is fitted to the
-    benchmark's simulations and sampled directly.
+    The estimator is `NPE()` (method `"npe"`) or `FMPE()` (`"fmpe"`). The parameters are
+    learned on their unconstrained space; the guide is fitted to the benchmark's
+    simulations and sampled directly.
     """
 
-    def __init__(self, task) -> None:
-        from pyro_sbi import AmortizedGuide
+    def __init__(self, task, method: str = "npe") -> None:
+        from pyro_sbi import FMPE, NPE, AmortizedGuide
 
-        self.task, self.guide = task, AmortizedGuide(task.model)
+        estimator = {"npe": NPE, "fmpe": FMPE}[method]()
+        self.task, self.guide = task, AmortizedGuide(task.model, estimator)
 
     def fit(self, theta: Tensor, x: Tensor, **options) -> None:
         """Fits the guide to `theta (n, D)` drawn from the prior and `x (n, *X)`."""
@@ -188,7 +193,7 @@ def _posterior_samples(task, estimator, x, seed: int, progress: bool, num: int) 
 
 
 class SbiPeer:
-    """`sbi`'s NLE / NRE with their defaults, on given simulations."""
+    """`sbi`'s NLE / NRE / MNLE / NPE / FMPE with their defaults, on given simulations."""
 
     def __init__(self, task, method: str, seed: int) -> None:
         import sbi.inference
@@ -196,7 +201,7 @@ class SbiPeer:
         self.method, self.seed = method, seed
         self.cls = {
             "nle": sbi.inference.NLE, "nre": sbi.inference.NRE, "mnle": sbi.inference.MNLE,
-            "npe": sbi.inference.NPE,
+            "npe": sbi.inference.NPE, "fmpe": sbi.inference.FMPE,
         }[method]  # fmt: skip
         self.prior = task.prior()
 
@@ -231,7 +236,7 @@ def run(
 
     Arguments:
         tasks: task names (modules of :mod:`pyro_sbi.tasks`).
-        methods: `"nle"`, `"nre"`, `"mnle"`, `"npe"`, `"nle-score"`, `"nre-score"`; a
+        methods: `"nle"`, `"nre"`, `"mnle"`, `"npe"`, `"fmpe"`, `"nle-score"`, `"nre-score"`; a
             method that does not apply to a task (NLE on mixed discrete data, MNLE on
             continuous data, the score methods where the simulator is not a Pyro
             program) is skipped.
@@ -288,7 +293,9 @@ def run(
                 options = dict(fit_options or {})
                 if method in SCORED:  # the same x as the others (the same seeds), and t
                     x, _, options["score"] = PyroSimulator.unpack(x, theta.shape[-1])
-                estimator = _Guide(task) if method == "npe" else _estimator(method, flow)
+                estimator = (
+                    _Guide(task, method) if method in POSTERIORS else _estimator(method, flow)
+                )
                 start = time.perf_counter()
                 estimator.fit(theta, x, seed=run_seed, progress=progress, **options)
                 train_s = time.perf_counter() - start
@@ -311,7 +318,10 @@ def run(
             for method, num_rounds, i in itertools.product(
                 methods, [r for r in rounds if r > 1], observations
             ):
-                if not _applies(task, method) or method in ("npe", *SCORED):  # one round only
+                if not _applies(task, method) or method in (
+                    *POSTERIORS,
+                    *SCORED,
+                ):  # one round only
                     continue
                 estimator = _estimator(method, flow)
                 start = time.perf_counter()
