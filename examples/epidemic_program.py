@@ -162,17 +162,25 @@ def main() -> None:
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
     args.output.mkdir(parents=True, exist_ok=True)
-    colors = {"exact": "k", **dict(zip(runs, ["C0", "C1", "C2"], strict=True))}
-    figure, axes = plt.subplots(1, len(observations), figsize=(4.3 * len(observations), 4),
+    colors = dict(zip(runs, ["C0", "C1", "C2"], strict=True))
+    figure, axes = plt.subplots(2, len(observations), figsize=(4.2 * len(observations), 6),
                                 squeeze=False)  # fmt: skip
-    for ax, i in zip(axes[0], observations, strict=True):
-        for label, samples in draws[i].items():
-            ax.scatter(samples[:, 0], samples[:, 1], s=3, alpha=0.35, color=colors[label],
-                       label=label if label == "exact" else f"{label} ({table[label][observations.index(i)]:.2f})")  # fmt: skip
+    for column, i in enumerate(observations):
         truth = sir.true_parameters(i)
-        ax.plot(truth[0], truth[1], "r+", markersize=14, markeredgewidth=2)
-        ax.set(xlabel=NAMES[0], ylabel=NAMES[1], title=f"observation {i}")
-        ax.legend(fontsize=7, markerscale=3, title="C2ST", title_fontsize=7)
+        for d, name in enumerate(NAMES):
+            ax = axes[d, column]
+            exact = draws[i]["exact"][:, d]
+            ax.hist(exact, bins=40, density=True, color="0.8", label="exact")
+            for label, color in colors.items():
+                legend = f"{label}: C2ST {table[label][column]:.2f}"
+                ax.hist(draws[i][label][:, d], bins=40, density=True, histtype="step",
+                        color=color, label=legend)  # fmt: skip
+            ax.axvline(truth[d], color="k", linestyle="--")
+            ax.set(xlabel=name, yticks=[], title=f"observation {i}" if d == 0 else None)
+            ax.set_xlim(exact.quantile(0.001) - 2 * exact.std(),
+                        exact.quantile(0.999) + 2 * exact.std())  # fmt: skip
+            if d == 0:
+                ax.legend(fontsize=7)
     figure.suptitle("Chain-binomial SIR: NLE posteriors with and without the joint score")
     figure.tight_layout()
     figure.savefig(args.output / "epidemic_program_posteriors.png", dpi=100)

@@ -77,7 +77,7 @@ References:
 
 from __future__ import annotations
 
-__all__ = ["SCORE_WEIGHT", "score_loss"]
+__all__ = ["SCORE_WEIGHT", "score_loss", "score_weights"]
 
 from collections.abc import Callable
 
@@ -89,7 +89,11 @@ SCORE_WEIGHT = 0.1
 
 
 def score_loss(
-    log_q: Callable[[Tensor], Tensor], theta_z: Tensor, score: Tensor, theta_scale: Tensor
+    log_q: Callable[[Tensor], Tensor],
+    theta_z: Tensor,
+    score: Tensor,
+    theta_scale: Tensor,
+    weight: Tensor | float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     r"""The log-density and the mean squared score residual of a batch, in z-scored units.
 
@@ -99,11 +103,13 @@ def score_loss(
         theta_z: `(n, D)` z-scored parameters.
         score: `(n, D)` joint scores :math:`t_i` in the units of :math:`\theta`.
         theta_scale: `(D,)` the z-score scale :math:`\sigma_\theta`.
+        weight: the weight of each dimension's squared residual, a number or `(D,)`
+            (:func:`score_weights`).
 
     Returns:
         `log_q (n,)` at `theta_z`, and the scalar mean over the batch of
-        :math:`\| \nabla_{\theta_z} \log q - \sigma_\theta \odot t \|^2`, differentiable in
-        the estimator's weights when gradients are enabled.
+        :math:`\sum_d w_d \, (\partial_{\theta_{z,d}} \log q - \sigma_{\theta,d} t_d)^2`,
+        differentiable in the estimator's weights when gradients are enabled.
 
     Example:
         >>> log_q = lambda theta_z: -0.5 * ((1.0 - theta_z) ** 2).sum(-1)
@@ -118,5 +124,34 @@ def score_loss(
         log_p = log_q(theta_z)
         (gradient,) = torch.autograd.grad(log_p.sum(), theta_z, create_graph=create_graph)
     target = score.to(gradient.dtype) * theta_scale
-    residual = ((gradient - target) ** 2).sum(-1).mean()
+    weight = torch.as_tensor(weight, dtype=gradient.dtype, device=gradient.device)
+    residual = (weight * (gradient - target) ** 2).sum(-1).mean()
     return (log_p, residual) if create_graph else (log_p.detach(), residual.detach())
+
+
+def score_weights(score: Tensor, theta_scale: Tensor, weight: float = SCORE_WEIGHT) -> Tensor:
+    r"""Per-parameter weights of the squared score residual: alpha over the spread of the target.
+
+    The residual of parameter :math:`d` is compared with the variance of its target over
+    the training pairs, :math:`w_d = \alpha / \mathrm{Var}_i(\sigma_{\theta,d} t_{i,d})`,
+    so that :math:`\alpha` weighs the score term the same whatever the scale of the
+    scores: a likelihood whose score in z-scored units has a spread of 30 (a parameter
+    that the data pin to a thirtieth of its prior width) would otherwise put a weight of
+    about 900 on its residual, and the score term would drown the likelihood term. A
+    dimension whose target does not vary gets :math:`\alpha`.
+
+    Arguments:
+        score: `(n, D)` joint scores of the training pairs, in the units of `theta`.
+        theta_scale: `(D,)` the z-score scale :math:`\sigma_\theta`.
+        weight: :math:`\alpha`.
+
+    Returns:
+        `(D,)` weights :math:`w_d`.
+
+    Example:
+        >>> score = torch.tensor([[1.0, 10.0], [-1.0, -10.0]])
+        >>> score_weights(score, torch.ones(2), 1.0)
+        tensor([0.5000, 0.0050])
+    """
+    variance = (score * theta_scale).var(0) if len(score) > 1 else torch.zeros_like(theta_scale)
+    return torch.where(variance > 0, weight / variance, torch.full_like(variance, weight))
