@@ -94,6 +94,8 @@ def test_fit_refuses_scores_it_cannot_use():
         NPE().fit(theta, x, score=torch.zeros(50, 2), max_epochs=1, progress=False)
     with pytest.raises(ValueError, match="score_weight needs score="):
         fit(NLE(), theta, x, score_weight=1.0)
+    with pytest.raises(ValueError, match="validate_score need score="):
+        fit(NLE(), theta, x, validate_score=True)
 
 
 def hidden_mean(theta):
