@@ -161,7 +161,9 @@ def fit(
             validation split is whole blocks and its batches come from a shuffle buffer.
         x: `(n, *x_shape)` simulator outputs.
         score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of the
-            simulations (from a :class:`~pyro_sbi.PyroSimulator`): the loss becomes
+            simulations (from a :class:`~pyro_sbi.PyroSimulator`), or any target whose
+            mean given `(x, theta)` is the likelihood's score (the less noisy, the more
+            it gives; :mod:`pyro_sbi.augment`): the loss becomes
             `estimator.loss(theta, x, score=score, score_weight=score_weight)`, the
             estimator's objective augmented by the regression of its
             :math:`\theta`-gradient onto the joint score (:mod:`pyro_sbi.augment`). NLE,
