@@ -31,7 +31,7 @@ The script
 3. samples the three posteriors of observations 1 to 3 of the task with `SliceMCMC`;
 4. prints their C2ST against the exact posterior and plots the posteriors.
 
-    python examples/epidemic_program.py               # about 3 minutes on 2 CPU cores
+    python examples/epidemic_program.py               # about 5 minutes on 2 CPU cores
     python examples/epidemic_program.py --smoke-test  # seconds, for the tests
 """
 
