@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from pyro_sbi import threads
 from pyro_sbi._checks import as_count
-from pyro_sbi.augment import SCORE_WEIGHT
+from pyro_sbi.augment import SCORE_WEIGHT, score_weights
 from pyro_sbi.streamed import StoredPairs
 
 
@@ -136,6 +136,8 @@ def fit(
     *,
     score: Tensor | None = None,
     score_weight: float | None = None,
+    normalize_score: bool = True,
+    validate_score: bool = False,
     learning_rate: float = 1e-3,
     batch_size: int = 256,
     max_epochs: int = 1000,
@@ -159,13 +161,22 @@ def fit(
             validation split is whole blocks and its batches come from a shuffle buffer.
         x: `(n, *x_shape)` simulator outputs.
         score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of the
-            simulations (from a :class:`~pyro_sbi.PyroSimulator`): the loss becomes
+            simulations (from a :class:`~pyro_sbi.PyroSimulator`), or any target whose
+            mean given `(x, theta)` is the likelihood's score (the less noisy, the more
+            it gives; :mod:`pyro_sbi.augment`): the loss becomes
             `estimator.loss(theta, x, score=score, score_weight=score_weight)`, the
             estimator's objective augmented by the regression of its
-            :math:`\theta`-gradient onto the joint score (:mod:`pyro_sbi.augment`), on the
-            training and the validation split alike. NLE, MNLE and NRE take it.
+            :math:`\theta`-gradient onto the joint score (:mod:`pyro_sbi.augment`). NLE,
+            MNLE and NRE take it.
         score_weight: the weight :math:`\alpha` of the score term (`None`:
             :data:`pyro_sbi.augment.SCORE_WEIGHT`).
+        normalize_score: divide each parameter's squared score residual by the variance
+            of its z-scored joint score over the training split
+            (:func:`~pyro_sbi.augment.score_weights`), so that :math:`\alpha` does not
+            depend on the scale of the scores. `False`: the residual in z-scored units.
+        validate_score: early stopping (and the learning-rate decay) on the augmented
+            loss of the validation split; `False` (the default): on the estimator's own
+            loss alone, the score term then acting as a regulariser of training.
         learning_rate: Adam's step size.
         batch_size: pairs per gradient step.
         max_epochs: upper bound on passes over the training split.
@@ -213,11 +224,14 @@ def fit(
     batch_size = as_count(batch_size, "fit: batch_size")
     patience = as_count(patience, "fit: patience", minimum=0)
     extra = {}
+    if score is None and (not normalize_score or validate_score):
+        raise ValueError("fit: normalize_score and validate_score need score= (joint scores)")
     if score is not None:
         extra = {"score": _checked_score(estimator, theta, score)}
         extra["score_weight"] = SCORE_WEIGHT if score_weight is None else float(score_weight)
         if not extra["score_weight"] >= 0:
             raise ValueError(f"fit: score_weight must be >= 0; got {score_weight}")
+        extra["normalize"], extra["validate"] = bool(normalize_score), bool(validate_score)
     elif score_weight is not None:
         raise ValueError("fit: score_weight needs score= (the joint scores of the simulations)")
     with threads.num_threads(num_threads):
@@ -241,7 +255,6 @@ def _fit(
         data = theta
     else:
         data = _InMemory(theta, x, extra.get("score"))
-    weight = {"score_weight": extra["score_weight"]} if extra else {}
     n = len(data)
     num_validation = max(1, int(round(validation_fraction * n)))
     if n - num_validation < 1:
@@ -261,6 +274,13 @@ def _fit(
 
         estimator.to(device)
         estimator.requires_grad_(True)
+        weight = {}
+        if extra:
+            weight["score_weight"] = extra["score_weight"]
+            if extra["normalize"]:
+                scale = getattr(estimator, "theta_scale", torch.ones((), device=device))
+                weight["score_weight"] = score_weights(train.score, scale, extra["score_weight"])
+        validation_weight = weight if extra and extra["validate"] else None
         optimizer = torch.optim.Adam(estimator.parameters(), lr=learning_rate)
         scheduler = None
         if lr_decay < 1.0:
@@ -295,7 +315,9 @@ def _fit(
 
                 kept.eval()
                 with torch.no_grad():
-                    validation = _batched_loss(kept, valid, 4 * batch_size, device, weight)
+                    validation = _batched_loss(
+                        kept, valid, 4 * batch_size, device, validation_weight
+                    )
                 history.validation_loss.append(validation)
                 if scheduler is not None:
                     scheduler.step(validation)
@@ -335,11 +357,17 @@ def _fit(
     return history
 
 
-def _batched_loss(estimator: nn.Module, data, batch_size: int, device, weight: dict) -> float:
-    """The mean loss over `data` (in its order), in batches of `batch_size`."""
+def _batched_loss(
+    estimator: nn.Module, data, batch_size: int, device, weight: dict | None
+) -> float:
+    """The mean loss over `data` (in its order), in batches of `batch_size`.
+
+    `weight`: the score term's `{"score_weight": ...}`, or `None` for the loss without it.
+    """
     total = 0.0
     for theta, x, *score in data.batches(batch_size, shuffle=False):
-        loss = estimator.loss(theta.to(device), x.to(device), **_score(score, device), **weight)
+        extra = {} if weight is None else {**_score(score, device), **weight}
+        loss = estimator.loss(theta.to(device), x.to(device), **extra)
         total += loss.item() * len(theta)
     return total / len(data)
 

@@ -492,7 +492,7 @@ class MNLE(Estimator):
         theta: Tensor,
         x: Tensor,
         score: Tensor | None = None,
-        score_weight: float = SCORE_WEIGHT,
+        score_weight: float | Tensor = SCORE_WEIGHT,
     ) -> Tensor:
         r"""Negative log-likelihood of a batch, in standardised units, with the score term.
 
@@ -501,7 +501,9 @@ class MNLE(Estimator):
             x: `(n, L)` simulator outputs.
             score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
                 the simulations; adds the SCANDAL term of :mod:`pyro_sbi.augment`.
-            score_weight: the weight :math:`\alpha` of that term.
+            score_weight: the weight :math:`\alpha` of that term: a number, or `(D,)`
+                weights of the squared residual per parameter (:func:`~pyro_sbi.fit` passes
+                those of :func:`~pyro_sbi.augment.score_weights`).
 
         Returns:
             The scalar mean of :math:`-\log q(c \mid \theta) - \log q(s_z \mid c, \theta)`,
@@ -512,9 +514,10 @@ class MNLE(Estimator):
         if score is None:
             return -self._log_prob_z(x_t, theta_z).mean()
         log_p, residual = score_loss(
-            lambda theta_z: self._log_prob_z(x_t, theta_z), theta_z, score, self.theta_scale
-        )
-        return -log_p.mean() + score_weight * residual
+            lambda theta_z: self._log_prob_z(x_t, theta_z), theta_z, score, self.theta_scale,
+            score_weight,
+        )  # fmt: skip
+        return -log_p.mean() + residual
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Learned log-likelihood :math:`\log q(x \mid \theta)`, differentiable in `theta`.

@@ -122,7 +122,7 @@ class NLE(Estimator):
         theta: Tensor,
         x: Tensor,
         score: Tensor | None = None,
-        score_weight: float = SCORE_WEIGHT,
+        score_weight: float | Tensor = SCORE_WEIGHT,
     ) -> Tensor:
         r"""Negative log-likelihood of a batch, in z-scored units, with the score term if given.
 
@@ -131,7 +131,9 @@ class NLE(Estimator):
             x: `(n, *x_shape)` simulator outputs.
             score: `(n, D)` joint scores :math:`\nabla_\theta \log p(x, z \mid \theta)` of
                 the simulations; adds the SCANDAL term of :mod:`pyro_sbi.augment`.
-            score_weight: the weight :math:`\alpha` of that term.
+            score_weight: the weight :math:`\alpha` of that term: a number, or `(D,)`
+                weights of the squared residual per parameter (:func:`~pyro_sbi.fit` passes
+                those of :func:`~pyro_sbi.augment.score_weights`).
 
         Returns:
             The scalar mean of :math:`-\log q(x_z \mid \theta_z)`, plus
@@ -146,8 +148,8 @@ class NLE(Estimator):
 
         if score is None:
             return -log_q(theta_z).mean()
-        log_p, residual = score_loss(log_q, theta_z, score, self.theta_scale)
-        return -log_p.mean() + score_weight * residual
+        log_p, residual = score_loss(log_q, theta_z, score, self.theta_scale, score_weight)
+        return -log_p.mean() + residual
 
     def log_prob(self, x: Tensor, theta: Tensor) -> Tensor:
         r"""Learned log-likelihood :math:`\log q(x \mid \theta)`, differentiable in `theta`.

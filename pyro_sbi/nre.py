@@ -246,7 +246,7 @@ class NRE(Estimator):
         theta: Tensor,
         x: Tensor,
         score: Tensor | None = None,
-        score_weight: float = SCORE_WEIGHT,
+        score_weight: float | Tensor = SCORE_WEIGHT,
     ) -> Tensor:
         r"""The objective of :attr:`variant` (plus the balancing penalty) on a batch.
 
@@ -260,7 +260,9 @@ class NRE(Estimator):
                 the simulations; adds the regression of the log-ratio's
                 :math:`\theta`-gradient on the joint pairs onto them
                 (:mod:`pyro_sbi.augment`).
-            score_weight: the weight :math:`\alpha` of that term.
+            score_weight: the weight :math:`\alpha` of that term: a number, or `(D,)`
+                weights of the squared residual per parameter (:func:`~pyro_sbi.fit` passes
+                those of :func:`~pyro_sbi.augment.score_weights`).
 
         Returns:
             The scalar loss.
@@ -285,7 +287,7 @@ class NRE(Estimator):
                 kept["d"] = logits(theta_z)
                 return kept["d"][:, 0]
 
-            _, residual = score_loss(joint, theta_z, score, self.theta_scale)
+            _, residual = score_loss(joint, theta_z, score, self.theta_scale, score_weight)
             d = kept["d"]
         if self.variant == "A":
             loss = -(F.logsigmoid(d[:, 0]) + F.logsigmoid(-d[:, 1:]).mean(-1)).mean()
@@ -296,7 +298,7 @@ class NRE(Estimator):
         if self.balance > 0:
             p = torch.sigmoid(d[:, :2])
             loss = loss + self.balance * (p[:, 0].mean() + p[:, 1].mean() - 1) ** 2
-        return loss + score_weight * residual
+        return loss + residual
 
     def _contrastive_with_marginal(self, d: Tensor, atoms: int) -> Tensor:
         """NRE-C on logits `d (n, K + 1)`: columns `0..K-1` joint set, `1..K` marginal."""

@@ -459,7 +459,8 @@ def _fit_site(names, collector, records, fit_options, validity, augment=None) ->
         )
     scored = {} if score is None else {"score": score}
     history = estimator.fit(theta, x, **fit_options, **scored)
-    fit_options = {key: value for key, value in fit_options.items() if key != "score_weight"}
+    score_keys = ("score_weight", "normalize_score", "validate_score")  # not the classifier's
+    fit_options = {key: value for key, value in fit_options.items() if key not in score_keys}
     estimator.condition_dim = collector.sites[names[0]].condition_dim  # columns of theta
     if num_failed and validity:
         classifier = ValidityClassifier()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pyro_sbi import MNLE, NLE, NPE, NRE, PyroSimulator, fit, simulate
+from pyro_sbi.augment import SCORE_WEIGHT, score_weights
 
 NOISE = 0.5
 
@@ -14,20 +15,20 @@ NOISE = 0.5
 class ExactFlow(nn.Module):
     """q_z(x_z | theta_z) of x ~ N(theta, NOISE) in the z-scored units of an NLE."""
 
-    def __init__(self, estimator):
+    def __init__(self, estimator, noise=NOISE):
         super().__init__()
-        self.estimator = estimator
+        self.estimator, self.noise = estimator, noise
 
     def forward(self, theta_z):
         e = self.estimator
         theta = theta_z * e.theta_scale + e.theta_loc
-        return dist.Normal((theta - e.x_loc) / e.x_scale, NOISE / e.x_scale).to_event(1)
+        return dist.Normal((theta - e.x_loc) / e.x_scale, self.noise / e.x_scale).to_event(1)
 
 
-def exact_nle(theta, x):
+def exact_nle(theta, x, noise=NOISE):
     estimator = NLE()
     estimator.build(theta, x)
-    estimator.flow = ExactFlow(estimator)
+    estimator.flow = ExactFlow(estimator, noise)
     return estimator
 
 
@@ -93,6 +94,8 @@ def test_fit_refuses_scores_it_cannot_use():
         NPE().fit(theta, x, score=torch.zeros(50, 2), max_epochs=1, progress=False)
     with pytest.raises(ValueError, match="score_weight needs score="):
         fit(NLE(), theta, x, score_weight=1.0)
+    with pytest.raises(ValueError, match="validate_score need score="):
+        fit(NLE(), theta, x, validate_score=True)
 
 
 def hidden_mean(theta):
@@ -123,9 +126,9 @@ def test_augmented_nle_learns_the_likelihood_better_from_few_simulations(seed):
     """Held-out KL to the exact marginal likelihood, 200 simulations of a hidden-mean model.
 
     Plain NLE against NLE trained on the joint score too, same simulations and seeds;
-    the augmented one must be closer (at weight 0.3, the best of 0.01 to 1 on five seeds
-    of this model: mean KL 0.027 against 0.146 plain). Catches the path derivative in
-    the score (seed 0 fails with it).
+    the augmented one, with fit's defaults for the score term, must be closer (mean KL
+    over five seeds 0.025 against 0.146 plain). Catches the path derivative in the score
+    (every seed fails with it; KL 0.57 on seed 0).
     """
     torch.manual_seed(seed)
     theta = prior().sample((200,))
@@ -134,7 +137,64 @@ def test_augmented_nle_learns_the_likelihood_better_from_few_simulations(seed):
     options = {"seed": seed, "progress": False, "max_epochs": 300}
     plain, augmented = NLE(), NLE()
     plain.fit(theta, x, **options)
-    augmented.fit(theta, x, score=score, score_weight=0.3, **options)
+    augmented.fit(theta, x, score=score, **options)
     kl_plain, kl_augmented = held_out_kl(plain, seed), held_out_kl(augmented, seed)
     assert kl_augmented < kl_plain, (kl_augmented, kl_plain)
     assert math.isfinite(kl_augmented)
+
+
+@pytest.mark.parametrize("noise", [0.5, 0.01])
+def test_normalised_score_term_does_not_depend_on_the_scale_of_the_scores(noise):
+    """With score_weights, a score wrong by c sds of its target costs alpha * c^2 per parameter.
+
+    x ~ N(theta, noise) with the exact likelihood: the score (x - theta) / noise^2 has a
+    spread of 1 / noise, 2 or 100, and theta is z-scored with sd 3. Shifting the score
+    by c times its sd raises the loss by alpha * c^2 whatever the noise. Catches weights
+    computed from the variance of t instead of sigma_theta * t (off by sigma_theta^2 = 9).
+    """
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        theta = 3.0 * torch.randn(2000, 1) + 1.0
+        x = theta + noise * torch.randn(2000, 1)
+        score = (x - theta) / noise**2
+        estimator = exact_nle(theta, x, noise)
+        weight = score_weights(score, estimator.theta_scale, 0.5)
+        with torch.no_grad():
+            plain = estimator.loss(theta, x)
+            wrong = estimator.loss(theta, x, score=score + 2.0 * score.std(0), score_weight=weight)
+        assert float(wrong - plain) == pytest.approx(0.5 * 2.0**2, rel=1e-6)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_fit_weighs_the_residual_by_the_spread_of_the_score_and_validates_without_it():
+    """fit passes alpha / Var(sigma * t) per parameter, and validates on the plain loss.
+
+    Catches fit passing the bare alpha (normalize_score ignored) and early stopping on
+    the augmented loss when validate_score=False.
+    """
+    calls = []
+
+    class Spy(NLE):
+        def loss(self, theta, x, score=None, score_weight=SCORE_WEIGHT):
+            calls.append((torch.is_grad_enabled(), score is not None, score_weight))
+            return super().loss(theta, x, score=score, score_weight=score_weight)
+
+    torch.manual_seed(0)
+    theta = torch.rand(400, 2) * torch.tensor([1.0, 10.0])
+    x = theta + torch.randn(400, 2)
+    score = torch.randn(400, 2) * torch.tensor([1.0, 30.0])
+    estimator = Spy()
+    estimator.fit(theta, x, score=score, score_weight=0.5, max_epochs=2, progress=False)
+    training = [weight for grad, scored, weight in calls if grad]
+    validation = [scored for grad, scored, _ in calls if not grad]
+    expected = 0.5 / (score * estimator.theta_scale).var(0)
+    assert torch.allclose(training[0], expected, rtol=0.2), (training[0], expected)
+    assert validation and not any(validation)
+
+    calls.clear()
+    Spy().fit(theta, x, score=score, normalize_score=False, validate_score=True, max_epochs=1,
+              progress=False)  # fmt: skip
+    assert all(weight == SCORE_WEIGHT for _, _, weight in calls)
+    assert all(scored for _, scored, _ in calls)

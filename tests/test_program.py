@@ -194,3 +194,30 @@ def test_train_refuses_a_score_in_fit_options():
 
     with pytest.raises(TypeError, match='fit_options cannot hold "score"'):
         train(model, num_simulations=10, progress=False, fit_options={"score": torch.zeros(10, 2)})
+
+
+def failing_program(theta):
+    """x ~ N(theta_0, 1), and no output (NaN) where theta_1 > 0.7: failed simulations."""
+    with pyro.plate("rows", len(theta)):
+        x = pyro.sample("x", dist.Normal(theta[:, 0], 1.0))
+    return torch.where(theta[:, 1] > 0.7, torch.nan, x).unsqueeze(-1)
+
+
+def test_train_with_augment_score_and_failures_learns_the_validity_without_score_options():
+    """The validity classifier is fitted with the score term's options left out.
+
+    Catches passing normalize_score / validate_score on to the classifier's fit, which
+    has no scores and refuses them.
+    """
+    likelihood = NLE()
+
+    def model():
+        theta = pyro.sample("theta", dist.Uniform(torch.zeros(2), 1.0).to_event(1))
+        return pyro.sample("x", SimulatorDistribution(PyroSimulator(failing_program), theta,
+                                                      likelihood))  # fmt: skip
+
+    options = {"max_epochs": 2, "normalize_score": False, "validate_score": True}
+    with pytest.warns(UserWarning, match="simulations failed"):
+        reports = train(model, num_simulations=200, seed=0, progress=False, augment="score",
+                        fit_options=options)  # fmt: skip
+    assert reports["x"].num_failed > 0 and likelihood.validity is not None
