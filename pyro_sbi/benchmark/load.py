@@ -159,6 +159,7 @@ def kill_and_resume(n: int, folder: str) -> dict[str, float]:
     sample = rows[np.linspace(0, len(rows) - 1, min(len(rows), 1000)).astype(int)]
     x_before = np.asarray(zarr.open_group(store, mode="r")["x"][:][sample])
     seconds, peak, failed = _run(n, store)
+    failed = int(failed)  # the child prints the number of failed simulations
     after = _committed(store)
     x_after = np.asarray(zarr.open_group(store, mode="r")["x"][:][sample])
     if not ((after >= 0).all() and len(after) == n and np.array_equal(x_before, x_after)):
