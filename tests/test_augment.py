@@ -233,6 +233,26 @@ def test_ratio_loss_is_minimal_at_the_exact_log_ratio():
         assert float(ratio_loss(perturbed, log_r)) > at_exact + 1e-4
 
 
+def test_ratio_loss_is_not_minimal_at_the_exact_log_ratio_for_pairs_drawn_otherwise():
+    """With theta_alt from another distribution than theta, the exact ratio is no optimum.
+
+    The requirement of pyro_sbi.augment: theta_alt from the prior for theta, but its scale
+    from [0.2, 0.5] instead of [0.2, 1.5]. The gradient of the loss in the antisymmetric
+    direction b * (theta_alt_1 - theta_1) at the exact log-ratio is then far from zero
+    (about 0.04, over 100 standard errors; within 4 of zero for theta_alt from the prior).
+    """
+    torch.manual_seed(3)
+    n = 200_000
+    theta = prior().sample((n,))
+    other = dist.Uniform(torch.tensor([-2.0, 0.2]), torch.tensor([2.0, 0.5])).to_event(1)
+    for theta_alt, biased in ((prior().sample((n,)), False), (other.sample((n,)), True)):
+        x, log_r = PyroSimulator(hidden_mean).joint_ratio(theta, theta_alt)
+        exact = exact_log_likelihood(x, theta_alt) - exact_log_likelihood(x, theta)
+        derivative = (torch.sigmoid(exact) - torch.sigmoid(log_r)) * (theta_alt - theta)[:, 1]
+        z = abs(float(derivative.mean())) / (float(derivative.std()) / n**0.5)
+        assert (z > 20) if biased else (z < 4), z
+
+
 def test_nre_loss_adds_the_weighted_ratio_term_on_its_log_ratio_differences():
     """NRE.loss with theta_alt, ratio is the plain loss plus alpha * ratio_loss(Delta, ratio).
 
@@ -275,6 +295,23 @@ def test_fit_refuses_ratios_it_cannot_use():
         NLE().fit(theta, x, theta_alt=theta_alt, ratio=log_r, **options)
     history = NRE().fit(theta, x, theta_alt=theta_alt, ratio=log_r, seed=0, **options)
     assert history.epochs == 1 and math.isfinite(history.best_validation_loss)
+
+
+def test_fit_trains_on_the_ratio_term_and_validates_without_it():
+    """At weight 0 the fit is the plain fit; at weight 100 the validation loss leaves it out.
+
+    The training loss holds 100 times a cross-entropy of soft labels (about 0.7 nats a
+    pair here: about 75 in all), the validation loss only the classifier's (about 2.3,
+    log 10 for NRE-B with 10 atoms). Catches the term left out of training, and
+    the validation on the augmented loss.
+    """
+    theta, theta_alt, x, log_r = ratio_pairs(200, 4)
+    options = {"seed": 0, "progress": False, "max_epochs": 3}
+    plain = NRE().fit(theta, x, **options)
+    zero = NRE().fit(theta, x, theta_alt=theta_alt, ratio=log_r, ratio_weight=0.0, **options)
+    assert zero.train_loss == plain.train_loss and zero.validation_loss == plain.validation_loss
+    heavy = NRE().fit(theta, x, theta_alt=theta_alt, ratio=log_r, ratio_weight=100.0, **options)
+    assert min(heavy.train_loss) > 10 > max(heavy.validation_loss), heavy
 
 
 def held_out_ratio_error(estimator):
