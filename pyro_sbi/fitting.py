@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from pyro_sbi import threads
 from pyro_sbi._checks import as_count
-from pyro_sbi.augment import SCORE_WEIGHT, score_weights
+from pyro_sbi.augment import RATIO_WEIGHT, SCORE_WEIGHT, score_weights
 from pyro_sbi.streamed import StoredPairs
 
 
@@ -138,6 +138,9 @@ def fit(
     score_weight: float | None = None,
     normalize_score: bool = True,
     validate_score: bool = False,
+    theta_alt: Tensor | None = None,
+    ratio: Tensor | None = None,
+    ratio_weight: float | None = None,
     learning_rate: float = 1e-3,
     batch_size: int = 256,
     max_epochs: int = 1000,
@@ -177,6 +180,14 @@ def fit(
         validate_score: early stopping (and the learning-rate decay) on the augmented
             loss of the validation split; `False` (the default): on the estimator's own
             loss alone, the score term then acting as a regulariser of training.
+        theta_alt: `(n, D)` alternative parameters :math:`\theta'_i`, drawn from the
+            distribution of `theta` independently of it (another prior draw, or `theta`
+            permuted), with `ratio`: NRE's loss gets ALICES's cross-entropy term on the
+            joint ratios (:mod:`pyro_sbi.augment`); validated without it.
+        ratio: `(n,)` joint log-ratios :math:`\log p(x_i, z_i \mid \theta'_i) - \log
+            p(x_i, z_i \mid \theta_i)` (:meth:`~pyro_sbi.PyroSimulator.joint_ratio`).
+        ratio_weight: the weight :math:`\alpha` of that term (`None`:
+            :data:`pyro_sbi.augment.RATIO_WEIGHT`).
         learning_rate: Adam's step size.
         batch_size: pairs per gradient step.
         max_epochs: upper bound on passes over the training split.
@@ -234,6 +245,13 @@ def fit(
         extra["normalize"], extra["validate"] = bool(normalize_score), bool(validate_score)
     elif score_weight is not None:
         raise ValueError("fit: score_weight needs score= (the joint scores of the simulations)")
+    if theta_alt is not None or ratio is not None:
+        extra.update(_checked_ratio(estimator, theta, theta_alt, ratio))
+        extra["ratio_weight"] = RATIO_WEIGHT if ratio_weight is None else float(ratio_weight)
+        if not extra["ratio_weight"] >= 0:
+            raise ValueError(f"fit: ratio_weight must be >= 0; got {ratio_weight}")
+    elif ratio_weight is not None:
+        raise ValueError("fit: ratio_weight needs theta_alt= and ratio= (the joint ratios)")
     with threads.num_threads(num_threads):
         return _fit(
             estimator, theta, x, extra=extra, learning_rate=learning_rate, batch_size=batch_size,
@@ -254,7 +272,8 @@ def _fit(
             raise ValueError("fit: bootstrap needs the simulations in memory, not StoredPairs")
         data = theta
     else:
-        data = _InMemory(theta, x, extra.get("score"))
+        named = {key: extra[key] for key in ("score", "theta_alt", "ratio") if key in extra}
+        data = _InMemory(theta, x, named)
     n = len(data)
     num_validation = max(1, int(round(validation_fraction * n)))
     if n - num_validation < 1:
@@ -275,12 +294,17 @@ def _fit(
         estimator.to(device)
         estimator.requires_grad_(True)
         weight = {}
-        if extra:
+        if "ratio" in extra:
+            weight["ratio_weight"] = extra["ratio_weight"]
+        if "score" in extra:
             weight["score_weight"] = extra["score_weight"]
             if extra["normalize"]:
                 scale = getattr(estimator, "theta_scale", torch.ones((), device=device))
-                weight["score_weight"] = score_weights(train.score, scale, extra["score_weight"])
-        validation_weight = weight if extra and extra["validate"] else None
+                score = train.named["score"]
+                weight["score_weight"] = score_weights(score, scale, extra["score_weight"])
+        validation_weight = None  # the estimator's own loss, or that and the score term:
+        if extra.get("validate"):
+            validation_weight = {"score_weight": weight["score_weight"]}
         optimizer = torch.optim.Adam(estimator.parameters(), lr=learning_rate)
         scheduler = None
         if lr_decay < 1.0:
@@ -298,10 +322,10 @@ def _fit(
             for epoch in bar:
                 estimator.train()
                 total = 0.0
-                for batch_theta, batch_x, *batch_score in train.batches(batch_size):
+                for batch_theta, batch_x, *batch_named in train.batches(batch_size):
                     loss = estimator.loss(
-                        batch_theta.to(device), batch_x.to(device), **_score(batch_score, device),
-                        **weight,
+                        batch_theta.to(device), batch_x.to(device),
+                        **_named(train, batch_named, device), **weight,
                     )  # fmt: skip
                     optimizer.zero_grad()
                     loss.backward()
@@ -362,19 +386,28 @@ def _batched_loss(
 ) -> float:
     """The mean loss over `data` (in its order), in batches of `batch_size`.
 
-    `weight`: the score term's `{"score_weight": ...}`, or `None` for the loss without it.
+    `weight`: the score term's `{"score_weight": ...}`, or `None` for the loss without it
+    (and always without the joint-ratio term).
     """
     total = 0.0
-    for theta, x, *score in data.batches(batch_size, shuffle=False):
-        extra = {} if weight is None else {**_score(score, device), **weight}
+    for theta, x, *named in data.batches(batch_size, shuffle=False):
+        extra = {} if weight is None else {**_named(data, named, device, ("score",)), **weight}
         loss = estimator.loss(theta.to(device), x.to(device), **extra)
         total += loss.item() * len(theta)
     return total / len(data)
 
 
-def _score(score: list[Tensor], device) -> dict:
-    """`{"score": score}` on `device` for a batch that has scores, else `{}`."""
-    return {"score": score[0].to(device)} if score else {}
+def _named(data, batch: list[Tensor], device, keys: tuple[str, ...] | None = None) -> dict:
+    """The named extra tensors of a batch of `data` (joint scores, ratios) on `device`.
+
+    `keys`: only those (all when `None`); a batch of `StoredPairs` has none.
+    """
+    names = list(getattr(data, "named", {}))
+    return {
+        name: value.to(device)
+        for name, value in zip(names, batch, strict=True)
+        if keys is None or name in keys
+    }
 
 
 def _checked_score(estimator: nn.Module, theta, score: Tensor) -> Tensor:
@@ -400,11 +433,36 @@ def _checked_score(estimator: nn.Module, theta, score: Tensor) -> Tensor:
     return score
 
 
-class _InMemory:
-    """Pairs in memory (with their joint scores, if any): split once, batched every epoch."""
+def _checked_ratio(estimator: nn.Module, theta, theta_alt, ratio) -> dict:
+    """`{"theta_alt": (n, D), "ratio": (n,)}` as tensors, refused when they cannot serve."""
+    name = type(estimator).__name__
+    if theta_alt is None or ratio is None:
+        raise ValueError("fit: theta_alt= and ratio= go together (the joint ratios at theta_alt)")
+    if "ratio" not in inspect.signature(estimator.loss).parameters:
+        raise TypeError(f"fit: {name} does not train on joint ratios (ratio=); NRE does")
+    if isinstance(theta, StoredPairs):
+        raise ValueError("fit: ratio= needs the simulations in memory, not StoredPairs")
+    theta_alt = torch.as_tensor(theta_alt).to(theta.dtype)
+    ratio = torch.as_tensor(ratio).to(theta.dtype)
+    if theta_alt.shape != theta.shape or ratio.shape != theta.shape[:1]:
+        raise ValueError(
+            f"fit: theta_alt must have the shape of theta {tuple(theta.shape)} and ratio the "
+            f"shape ({len(theta)},) (one joint log-ratio per simulation); got "
+            f"{tuple(theta_alt.shape)} and {tuple(ratio.shape)}"
+        )
+    if not bool(torch.isfinite(theta_alt).all()) or bool(torch.isnan(ratio).any()):
+        raise ValueError(
+            "fit: theta_alt holds non-finite values or ratio holds NaN; leave out those "
+            "simulations (a log-ratio of -inf or inf, a path impossible at one point, is allowed)"
+        )
+    return {"theta_alt": theta_alt, "ratio": ratio}
 
-    def __init__(self, theta: Tensor, x: Tensor, score: Tensor | None = None) -> None:
-        self.theta, self.x, self.score = theta, x, score
+
+class _InMemory:
+    """Pairs in memory (with named extras: joint scores, ratios): split once, batched."""
+
+    def __init__(self, theta: Tensor, x: Tensor, named: dict[str, Tensor] | None = None) -> None:
+        self.theta, self.x, self.named = theta, x, dict(named or {})
 
     def __len__(self) -> int:
         return len(self.theta)
@@ -416,16 +474,16 @@ class _InMemory:
         if bootstrap:
             train = train[torch.randint(len(train), (len(train),))]
         theta, x = self.theta.to(device), self.x.to(device)
-        score = None if self.score is None else self.score.to(device)
+        named = {key: value.to(device) for key, value in self.named.items()}
         train, valid = train.to(device), valid.to(device)
         return tuple(
-            _InMemory(theta[rows], x[rows], None if score is None else score[rows])
+            _InMemory(theta[rows], x[rows], {key: value[rows] for key, value in named.items()})
             for rows in (train, valid)
         )
 
     def batches(self, batch_size: int, *, shuffle: bool = True):
-        """Every pair once, as `(theta, x)` (or `(theta, x, score)`) batches of `batch_size`."""
-        tensors = [self.theta, self.x] + ([] if self.score is None else [self.score])
+        """Every pair once, as `(theta, x, *named)` batches of `batch_size`."""
+        tensors = [self.theta, self.x, *self.named.values()]
         if not shuffle:
             yield from zip(*(tensor.split(batch_size) for tensor in tensors), strict=True)
             return

@@ -106,7 +106,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
-from pyro_sbi.augment import SCORE_WEIGHT, score_loss
+from pyro_sbi.augment import RATIO_WEIGHT, SCORE_WEIGHT, ratio_loss, score_loss
 from pyro_sbi.estimator import Estimator, distinct
 from pyro_sbi.networks import ResidualMLP
 
@@ -247,6 +247,9 @@ class NRE(Estimator):
         x: Tensor,
         score: Tensor | None = None,
         score_weight: float | Tensor = SCORE_WEIGHT,
+        theta_alt: Tensor | None = None,
+        ratio: Tensor | None = None,
+        ratio_weight: float = RATIO_WEIGHT,
     ) -> Tensor:
         r"""The objective of :attr:`variant` (plus the balancing penalty) on a batch.
 
@@ -263,6 +266,13 @@ class NRE(Estimator):
             score_weight: the weight :math:`\alpha` of that term: a number, or `(D,)`
                 weights of the squared residual per parameter (:func:`~pyro_sbi.fit` passes
                 those of :func:`~pyro_sbi.augment.score_weights`).
+            theta_alt: `(n, D)` alternative parameters :math:`\theta'_i`, drawn as `theta`
+                is and independently of it; with `ratio`, adds ALICES's cross-entropy
+                between :math:`d(x_i, \theta'_i) - d(x_i, \theta_i)` and the joint
+                log-ratios (:func:`~pyro_sbi.augment.ratio_loss`).
+            ratio: `(n,)` joint log-ratios :math:`\log p(x_i, z_i \mid \theta'_i) - \log
+                p(x_i, z_i \mid \theta_i)` (:meth:`~pyro_sbi.PyroSimulator.joint_ratio`).
+            ratio_weight: the weight :math:`\alpha` of that term.
 
         Returns:
             The scalar loss.
@@ -298,6 +308,12 @@ class NRE(Estimator):
         if self.balance > 0:
             p = torch.sigmoid(d[:, :2])
             loss = loss + self.balance * (p[:, 0].mean() + p[:, 1].mean() - 1) ** 2
+        if (theta_alt is None) != (ratio is None):
+            raise ValueError("NRE.loss: theta_alt and ratio go together (joint ratios at them)")
+        if ratio is not None:
+            theta_alt_z = (theta_alt.to(theta_z.dtype) - self.theta_loc) / self.theta_scale
+            delta = self._logit(e[:, 0], theta_alt_z) - d[:, 0]
+            residual = residual + ratio_weight * ratio_loss(delta, ratio)
         return loss + residual
 
     def _contrastive_with_marginal(self, d: Tensor, atoms: int) -> Tensor:

@@ -45,6 +45,29 @@ Categorical, Poisson) then need nothing special: their values have no derivative
 begin with, and their log-probabilities are differentiable in their parameters. No site
 needs to be reparameterisable.
 
+**Joint ratios.** The same trace, replayed at another parameter point, gives the
+**joint log-ratio** of one run between two points,
+
+.. math::
+
+    \log r(x, z \mid \theta_1, \theta_0)
+    = \log p(x, z \mid \theta_1) - \log p(x, z \mid \theta_0) ,
+
+every site's value held at what was drawn at :math:`\theta_0` (`poutine.replay`). For
+:math:`(x, z) \sim p(x, z \mid \theta_0)` it is an unbiased target for the likelihood
+ratio: with :math:`p(z \mid x, \theta_0) = p(x, z \mid \theta_0) / p(x \mid \theta_0)`,
+
+.. math::
+
+    \mathbb{E}\big[ r(x, z \mid \theta_1, \theta_0) \mid x, \theta_0 \big]
+    = \int \frac{p(x, z \mid \theta_0)}{p(x \mid \theta_0)}
+      \frac{p(x, z \mid \theta_1)}{p(x, z \mid \theta_0)} \, dz
+    = \frac{p(x \mid \theta_1)}{p(x \mid \theta_0)} ,
+
+wherever :math:`p(x, z \mid \theta_0) > 0` when :math:`p(x, z \mid \theta_1) > 0` (a path
+impossible at :math:`\theta_0` but possible at :math:`\theta_1` is never drawn, and its
+mass is missing). :mod:`pyro_sbi.augment` turns it into a training term for NRE (ALICES).
+
 **What the program must do.** It takes `theta (n, D)` and returns `x (n, *x_shape)`:
 either the value of a sample site (the observations) or a deterministic function of site
 values that does not involve `theta` itself (`torch.stack` of the observation sites, a
@@ -200,6 +223,80 @@ class PyroSimulator:
                 )
             (score,) = torch.autograd.grad(log_p.sum(), theta)
         return x.detach(), log_p.detach(), score
+
+    def joint_ratio(self, theta0: Tensor, theta1: Tensor) -> tuple[Tensor, Tensor]:
+        r"""Runs the program at `theta0`; the joint log-ratio of each run at `theta1`.
+
+        The trace of the run at `theta0` is replayed at `theta1` (`poutine.replay`): every
+        site keeps the value drawn at `theta0`, and only the log-densities are evaluated
+        again, so that :math:`\log r = \log p(x, z \mid \theta_1) - \log p(x, z \mid
+        \theta_0)`, whose exponential has the likelihood ratio
+        :math:`p(x \mid \theta_1) / p(x \mid \theta_0)` as its mean given `x` (the
+        derivation is in :mod:`pyro_sbi.program`).
+
+        Arguments:
+            theta0: `(n, D)` the parameters the runs are simulated at.
+            theta1: `(n, D)` the parameters each run's joint density is compared at.
+
+        Returns:
+            `x (n, *x_shape)` simulated at `theta0`, and `log_r (n,)`, with the sites'
+            `poutine.scale` and `mask`; `-inf` where a value is impossible at `theta1`.
+
+        Raises:
+            ValueError: `theta0` and `theta1` differ in shape; a site's log-density is
+                not `(n, *)`; the program at `theta1` draws a site that the run at
+                `theta0` did not (a program whose sites depend on `theta`), or returns
+                another `x`.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> def program(theta):
+            ...     with pyro.plate("rows", len(theta)):
+            ...         return pyro.sample("x", dist.Normal(theta[:, 0], 1.0)).unsqueeze(-1)
+            >>> x, log_r = PyroSimulator(program).joint_ratio(torch.zeros(3, 1), torch.ones(3, 1))
+            >>> torch.allclose(log_r, x[:, 0] - 0.5)
+            True
+        """
+        name = self.__name__
+        theta0, theta1 = _as_theta(theta0, name), _as_theta(theta1, name)
+        if theta0.shape != theta1.shape:
+            raise ValueError(
+                f"PyroSimulator({name}).joint_ratio: theta0 and theta1 must have the same shape "
+                f"(n, D); got {tuple(theta0.shape)} and {tuple(theta1.shape)}"
+            )
+        n = len(theta0)
+        with poutine.block(), torch.no_grad():
+            trace0 = poutine.trace(self.fn).get_trace(theta0)
+            trace1 = poutine.trace(poutine.replay(self.fn, trace=trace0)).get_trace(theta1)
+            x = torch.as_tensor(trace0.nodes["_RETURN"]["value"])
+            if x.dim() < 1 or len(x) != n:
+                raise ValueError(
+                    f"PyroSimulator({name}) returned x of shape {tuple(x.shape)} for theta of "
+                    f"shape {tuple(theta0.shape)}; it must return (n, *x_shape) with n = {n}"
+                )
+            sites0 = dict(_sample_sites(trace0))
+            new = [key for key, _ in _sample_sites(trace1) if key not in sites0]
+            x1 = torch.as_tensor(trace1.nodes["_RETURN"]["value"])
+            if new or x1.shape != x.shape or not bool((x1 == x).all()):
+                reason = f"draws the sites {new}" if new else "returns another x"
+                raise ValueError(
+                    f"PyroSimulator({name}).joint_ratio: replayed at theta1 with the values "
+                    f"drawn at theta0, the program {reason}: which sites it draws and how x is "
+                    "computed from them must not depend on theta"
+                )
+            log_r = theta0.new_zeros(n)
+            for trace, sign in ((trace1, 1.0), (trace0, -1.0)):
+                trace.compute_log_prob()
+                for site_name, site in _sample_sites(trace):
+                    site_log_p = site["log_prob"]
+                    if site_log_p.dim() < 1 or site_log_p.shape[0] != n:
+                        raise ValueError(
+                            f"PyroSimulator({name}): site {site_name!r} has a log-density of "
+                            f"shape {tuple(site_log_p.shape)}, not (n, *) with n = {n} rows "
+                            "(put the program under pyro.plate('rows', len(theta)))"
+                        )
+                    log_r = log_r + sign * site_log_p.reshape(n, -1).sum(-1)
+        return x.detach(), log_r
 
     def with_score(self) -> Callable[[Tensor], Tensor]:
         r"""A simulator of packed rows `[x (flattened), log p(x, z | theta), score]`.

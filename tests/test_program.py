@@ -221,3 +221,91 @@ def test_train_with_augment_score_and_failures_learns_the_validity_without_score
         reports = train(model, num_simulations=200, seed=0, progress=False, augment="score",
                         fit_options=options)  # fmt: skip
     assert reports["x"].num_failed > 0 and likelihood.validity is not None
+
+
+def mixed_program(theta):
+    """z ~ N(theta_0, theta_1), c ~ Bernoulli(sigmoid(theta_0)), x ~ N(z + c, 0.5); returns all."""
+    with pyro.plate("rows", len(theta)):
+        z = pyro.sample("z", dist.Normal(theta[:, 0], theta[:, 1]))
+        c = pyro.sample("c", dist.Bernoulli(logits=theta[:, 0]))
+        x = pyro.sample("x", dist.Normal(z + c, 0.5))
+        return torch.stack([z, c, x], -1)
+
+
+def test_joint_ratio_matches_the_hand_computation():
+    """log r = log p(z, c, x | theta_1) - log p(z, c, x | theta_0) at the values drawn at theta_0.
+
+    The observation site does not involve theta and cancels. Catches the ratio inverted
+    (theta_0 over theta_1), and a path re-simulated at theta_1 instead of replayed (then
+    the values are not those returned, and the hand computation disagrees).
+    """
+    torch.manual_seed(0)
+    theta0 = torch.tensor([[0.0, 1.0], [1.0, 0.5], [-0.5, 2.0]])
+    theta1 = torch.tensor([[0.3, 0.8], [0.0, 1.5], [-0.5, 2.0]])
+    x, log_r = PyroSimulator(mixed_program).joint_ratio(theta0, theta1)
+    z, c = x[:, 0], x[:, 1]
+
+    def hand(theta):
+        return dist.Normal(theta[:, 0], theta[:, 1]).log_prob(z) + dist.Bernoulli(
+            logits=theta[:, 0]
+        ).log_prob(c)
+
+    assert log_r.shape == (3,)
+    assert torch.allclose(log_r, hand(theta1) - hand(theta0), atol=1e-5)
+    assert abs(float(log_r[2])) < 1e-5  # the same point: the same density
+    assert not torch.allclose(log_r[:2], torch.zeros(2), atol=1e-2)
+
+
+def hidden_mean(theta):
+    """z ~ N(theta_0, theta_1), x ~ N(z, 0.5): x ~ N(theta_0, sqrt(theta_1^2 + 0.25))."""
+    with pyro.plate("rows", len(theta)):
+        z = pyro.sample("z", dist.Normal(theta[:, 0], theta[:, 1]))
+        return pyro.sample("x", dist.Normal(z, 0.5)).unsqueeze(-1)
+
+
+def test_joint_ratio_is_unbiased_for_the_likelihood_ratio():
+    """E[r f(x)] over runs at theta_0 is E[f(x)] at theta_1, for f the indicators of bins.
+
+    Since E[r | x, theta_0] = p(x | theta_1) / p(x | theta_0), reweighting runs at theta_0
+    by their joint ratio gives the probabilities of x at theta_1; checked on six bins,
+    against the closed form, within four standard errors (of about 0.002). Catches the
+    ratio inverted and the path re-simulated at theta_1 (both off by over 20 standard
+    errors in some bin).
+    """
+    torch.manual_seed(1)
+    n = 100_000
+    theta0, theta1 = torch.tensor([0.0, 1.0]), torch.tensor([0.4, 0.8])
+    x, log_r = PyroSimulator(hidden_mean).joint_ratio(theta0.expand(n, 2), theta1.expand(n, 2))
+    r = log_r.double().exp()
+    edges = torch.tensor([-torch.inf, -1.0, -0.3, 0.3, 0.8, 1.5, torch.inf], dtype=torch.double)
+    marginal = dist.Normal(theta1[0].double(), (theta1[1].double() ** 2 + 0.25).sqrt())
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = ((x[:, 0] > low) & (x[:, 0] <= high)).double()
+        weighted = r * inside
+        exact = marginal.cdf(high) - marginal.cdf(low)
+        error = weighted.std() / n**0.5
+        assert abs(float(weighted.mean() - exact)) < 4 * float(error), (low, high)
+
+
+def test_joint_ratio_refuses_what_it_cannot_replay():
+    """Shapes that differ, and a program whose sites depend on theta, are named."""
+    simulator = PyroSimulator(hidden_mean)
+    with pytest.raises(ValueError, match=r"same shape \(n, D\); got \(3, 2\) and \(2, 2\)"):
+        simulator.joint_ratio(torch.zeros(3, 2), torch.zeros(2, 2))
+
+    def branching(theta):
+        with pyro.plate("rows", len(theta)):
+            if bool((theta[:, 0] > 0).all()):
+                pyro.sample("extra", dist.Normal(theta[:, 0], 1.0))
+            return pyro.sample("x", dist.Normal(theta[:, 0], 1.0)).unsqueeze(-1)
+
+    with pytest.raises(ValueError, match=r"draws the sites \['extra'\]"):
+        PyroSimulator(branching).joint_ratio(-torch.ones(2, 1), torch.ones(2, 1))
+
+    def shared(theta):
+        pyro.sample("g", dist.Normal(theta[0, 0], 1.0))
+        with pyro.plate("rows", len(theta)):
+            return pyro.sample("x", dist.Normal(theta[:, 0], 1.0)).unsqueeze(-1)
+
+    with pytest.raises(ValueError, match="site 'g' has a log-density of shape"):
+        PyroSimulator(shared).joint_ratio(torch.zeros(2, 1), torch.ones(2, 1))
