@@ -77,8 +77,16 @@ an exact, normalised density (up to the solver's tolerance). The equation and th
 divergence are integrated together by `zuko.transforms.FreeFormJacobianTransform`
 (adaptive Dormand-Prince, `zuko.utils.odeint`, gradients by the adaptive checkpoint
 adjoint). The exact divergence takes :math:`D` vector-Jacobian products per evaluation
-of the field: :meth:`FMPE.log_prob` costs about :math:`D + 1` times a draw of
-:meth:`FMPE.sample`, fine for the few parameters (:math:`D \lesssim 20`) of SBI.
+of the field: a density costs about :math:`D + 1` times the plain solve, fine for the
+few parameters (:math:`D \lesssim 20`) of SBI.
+
+**Draws.** A draw needs no density: :meth:`FMPE.sample` carries base noise from
+:math:`t = 1` to :math:`t = 0` by the plain equation, with a fixed number of classical
+Runge-Kutta steps (`steps`, 10 by default: 40 evaluations of the field, the context's
+part of the first layer computed once for all draws), rather than the adaptive solve,
+whose step is set by the worst of the batch's draws. The paths of the optimal-transport
+field are nearly straight, so few steps suffice; `steps=None` samples by the adaptive
+solve of the density.
 
 Both :math:`\theta` and :math:`x` are z-scored with statistics of the training data;
 the density of :math:`\theta` adds the Jacobian :math:`-\sum_j \log \sigma_{\theta,j}`.
@@ -146,6 +154,14 @@ class FMPE(Estimator):
     to 0.06 nats against a tight solve (`1e-6`), at `1e-4` by 0.004: hence
     `rtol = 1e-4`, `atol = 1e-5`.
 
+    Draws take 10 fixed Runge-Kutta steps (`steps`), densities the adaptive solve. The
+    same base noise lands, on a 2-D Gaussian posterior, within 0.0012 posterior sds of
+    the adaptive solve's draw at 10 steps, 0.022 at 4. On the benchmark (1,000
+    simulations, 10,000 draws; benchmarks page, "FMPE") the fixed steps sampled
+    two_moons in 1.6 s against 10.2 s and gaussian_linear in 1.7 s against 4.6 s, at C2ST
+    0.724 and 0.580 (adaptive: 0.721 and 0.577); on one two_moons field, 4, 6, 8, 10 and
+    16 steps scored 0.724, 0.727, 0.735, 0.724 and 0.711 (adaptive 0.721).
+
     It trains with a moving average of its weights and a patience of 50 epochs
     (:attr:`fit_defaults`): the flow-matching loss keeps falling slowly long after a
     patience of 20 stops. On two_moons at 10,000 simulations, patience 20, 50 and 100
@@ -163,6 +179,8 @@ class FMPE(Estimator):
         activation: the activation class of the field.
         atol: absolute tolerance of the ODE solver (the ODE runs in z-scored units).
         rtol: relative tolerance of the ODE solver.
+        steps: fixed fourth-order Runge-Kutta steps of :meth:`sample`; `None`: draws by
+            the adaptive solve at `atol`, `rtol` (densities always take it).
 
     Example:
         >>> theta = torch.randn(1000, 2)
@@ -188,11 +206,14 @@ class FMPE(Estimator):
         activation: type[nn.Module] = nn.ELU,
         atol: float = 1e-5,
         rtol: float = 1e-4,
+        steps: int | None = 10,
     ) -> None:
         super().__init__(z_score=z_score)
+        if steps is not None and steps < 1:
+            raise ValueError(f"FMPE: steps must be a positive number or None; got {steps}")
         self.embedding = embedding
         self.hidden_features, self.num_blocks, self.freqs = hidden_features, num_blocks, freqs
-        self.activation, self.atol, self.rtol = activation, atol, rtol
+        self.activation, self.atol, self.rtol, self.steps = activation, atol, rtol, steps
         self.flow = None
 
     def _build(self) -> None:
@@ -212,7 +233,7 @@ class FMPE(Estimator):
         return {"z_score": self.z_score, "embedding": embedding,
                 "hidden_features": self.hidden_features, "num_blocks": self.num_blocks,
                 "freqs": self.freqs, "activation": self.activation.__name__,
-                "atol": self.atol, "rtol": self.rtol}  # fmt: skip
+                "atol": self.atol, "rtol": self.rtol, "steps": self.steps}  # fmt: skip
 
     @classmethod
     def from_config(cls, config: dict, **overrides) -> FMPE:
@@ -230,7 +251,7 @@ class FMPE(Estimator):
         """Size of the field and the solver's tolerances."""
         return (
             f"hidden_features={self.hidden_features}, num_blocks={self.num_blocks}, "
-            f"atol={self.atol}, rtol={self.rtol}"
+            f"atol={self.atol}, rtol={self.rtol}, steps={self.steps}"
         )
 
     def _context(self, x_z: Tensor) -> Tensor:
@@ -287,7 +308,9 @@ class FMPE(Estimator):
         return log_q - self.theta_scale.log().sum()
 
     def sample(self, x: Tensor, sample_shape: Size | tuple = ()) -> Tensor:
-        r"""Draws from :math:`q(\theta \mid x)`, by an ODE solve, without gradients.
+        r"""Draws from :math:`q(\theta \mid x)` by fixed Runge-Kutta steps, without gradients.
+
+        By the adaptive solve when `steps` is `None`.
 
         Arguments:
             x: `(*, *x_shape)` data.
@@ -301,8 +324,9 @@ class FMPE(Estimator):
     def forward(self, x: Tensor) -> Distribution:
         r"""The learned posterior given `x` as a torch distribution over `theta`.
 
-        Its `rsample` is differentiable in the field's weights (through the solver's
-        adjoint) when they require gradients.
+        Its `rsample` is differentiable in the field's weights when they require
+        gradients (by autograd through the fixed steps; through the adaptive solver's
+        adjoint when `steps` is `None`).
 
         Arguments:
             x: `(*, *x_shape)` data.
@@ -317,7 +341,29 @@ class FMPE(Estimator):
                 f"FMPE: x must end in the simulator's output shape {tuple(self.x_shape)}; "
                 f"got x of shape {tuple(x.shape)}"
             )
-        return _LearnedPosterior(self, x)
+        return _FlowPosterior(self, x)
+
+
+class _FlowPosterior(_LearnedPosterior):
+    r""":math:`q(\theta \mid x)` for fixed `x`; draws by the fixed-step solve if `steps` is set."""
+
+    def rsample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
+        estimator = self.estimator
+        if estimator.steps is None:
+            return super().rsample(sample_shape)
+        c = self.context()
+        z = torch.randn(Size(sample_shape) + self.batch_shape + self.event_shape,
+                        dtype=c.dtype, device=c.device)  # fmt: skip
+        theta_z = estimator.flow.transport(z, c, estimator.steps)
+        return theta_z * estimator.theta_scale + estimator.theta_loc
+
+    def context(self) -> Tensor:
+        """The field's context `(*, C)` of `x`, computed once for all the draws."""
+        estimator = self.estimator
+        x = self.x.to(estimator.x_loc.dtype)
+        flat = x.reshape(self.batch_shape + (estimator.x_features,))
+        x_z = (estimator._transform(flat) - estimator.x_loc) / estimator.x_scale
+        return estimator._context(x_z)
 
 
 class _VectorField(nn.Module):
@@ -332,11 +378,36 @@ class _VectorField(nn.Module):
             num_blocks=num_blocks, activation=activation,
         )  # fmt: skip
 
+    def _embed(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        t = t.to(dtype)[..., None]
+        angle = self.frequencies.to(dtype) * t
+        return torch.cat((t, angle.cos(), angle.sin()), dim=-1)
+
     def forward(self, t: Tensor, theta: Tensor, c: Tensor) -> Tensor:
-        t = t.to(theta.dtype)[..., None]
-        angle = self.frequencies.to(theta.dtype) * t
-        embedded = torch.cat((t, angle.cos(), angle.sin()), dim=-1)
+        embedded = self._embed(t, theta.dtype)
         return self.net(torch.cat(broadcast(theta, embedded, c, ignore=1), dim=-1))
+
+    def bind(self, c: Tensor):
+        r"""`c (*, C) ->` the field `(t (), theta (..., *, D)) -> (..., *, D)` at that context.
+
+        The same function as :meth:`forward`, with the first layer split by its inputs
+        so that the context's part, :math:`W_c c + b`, is computed once rather than at
+        each evaluation, and no concatenation of the broadcast inputs is built.
+        """
+        inner, features = self.net.inner, self.net.outer[-1].out_features
+        w_theta = inner.weight[:, :features]
+        w_time = inner.weight[:, features : inner.in_features - c.shape[-1]]
+        w_context = inner.weight[:, inner.in_features - c.shape[-1] :]
+        fixed = nn.functional.linear(c, w_context, inner.bias)
+
+        def field(t: Tensor, theta: Tensor) -> Tensor:
+            h = nn.functional.linear(theta, w_theta) + fixed
+            h = h + nn.functional.linear(self._embed(t, theta.dtype), w_time)
+            for block in self.net.blocks:
+                h = block(h)
+            return self.net.outer(h)
+
+        return field
 
 
 class _ConditionalCNF(LazyDistribution):
@@ -361,3 +432,21 @@ class _ConditionalCNF(LazyDistribution):
         features = self.field.net.outer[-1].out_features
         loc = c.new_zeros(c.shape[:-1] + (features,))
         return NormalizingFlow(transform, DiagNormal(loc, torch.ones_like(loc)))
+
+    def transport(self, z: Tensor, c: Tensor, steps: int) -> Tensor:
+        r"""Base points `z (..., *, D)` carried from `t = 1` to `t = 0` given `c (*, C)`.
+
+        The classical fourth-order Runge-Kutta scheme with `steps` equal steps of
+        :math:`-1 / \text{steps}` (four evaluations of the field each), without the
+        divergence; differentiable by autograd through the steps.
+        """
+        field, h = self.field.bind(c), -1.0 / steps
+        theta = z
+        for i in range(steps):
+            t = torch.tensor(1.0 - i / steps, dtype=z.dtype, device=z.device)
+            k1 = field(t, theta)
+            k2 = field(t + h / 2, theta + (h / 2) * k1)
+            k3 = field(t + h / 2, theta + (h / 2) * k2)
+            k4 = field(t + h, theta + h * k3)
+            theta = theta + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        return theta
