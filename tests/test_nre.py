@@ -177,10 +177,10 @@ def test_observed_site_is_accepted(trained):
     assert samples["theta"].shape == (8, 2)
 
 
-def _nuts_errors(estimator):
+def _nuts_errors(estimator, seed=0):
     """Worst-dimension |mean error| / sd and |sd ratio - 1| of NUTS vs the closed form."""
     model = _model(estimator)
-    train(model, num_simulations=10_000, seed=0, progress=False)
+    train(model, num_simulations=10_000, seed=seed, progress=False)
     torch.manual_seed(123)
     x_o = linear_gaussian(torch.tensor([0.6, -0.9]).expand(TRIALS, 2))
     pyro.set_rng_seed(0)
@@ -192,11 +192,19 @@ def _nuts_errors(estimator):
     return ((samples.mean(0) - mean).abs() / sd).max(), ((samples.std(0) / sd - 1).abs()).max()
 
 
+# The worst-dimension posterior-mean error of one training, in posterior sds, over
+# training seeds 0-4: A 0.154, 0.211, 0.065, 0.140, 0.200; B 0.252, 0.152, 0.079, 0.184,
+# 0.086; C 0.113, 0.137, 0.081, 0.110, 0.042 (sd errors at most 0.123). One training's
+# error scatters by about 0.06, so one seed against a fixed bound passes or fails by luck
+# (B's seed 0 is 0.252); the mean of three trainings has a scatter of about 0.035, and its
+# largest value over the variants (0.161) sits 1.1 of those below the bound.
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["A", "B", "C"])
 def test_nuts_matches_closed_form(variant):
-    mean_error, sd_error = _nuts_errors(NRE(variant))
-    assert mean_error < 0.25 and sd_error < 0.25
+    errors = torch.tensor([_nuts_errors(NRE(variant), seed) for seed in range(3)])
+    mean_errors, sd_errors = errors[:, 0], errors[:, 1]
+    assert mean_errors.mean() < 0.2 and mean_errors.max() < 0.3
+    assert sd_errors.max() < 0.25
 
 
 # 1-D linear Gaussian: theta ~ N(0, 1), x = theta + N(0, NOISE^2). The posterior on a grid
