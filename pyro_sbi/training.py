@@ -195,9 +195,11 @@ def train(
             does not take go to the model too.
         guide: an :class:`~pyro_sbi.AmortizedGuide` of the model, trained on
             `num_simulations` draws of the model's prior predictive distribution; the
-            model's arguments mark which sites are observed. One budget: every row a
-            simulator site runs in those draws (each trial of each subject) also trains
-            the site's likelihood estimator, so nothing is simulated twice. With
+            model's arguments mark which sites are observed. One budget: the rows a
+            simulator site runs in those draws (each trial of each subject) also train
+            the site's likelihood estimator, so nothing is simulated twice; it trains on
+            `num_simulations` of them drawn at random (all, if there are fewer), so its
+            training costs what it would without a guide. With
             `store=`, `proposal=` or `augment=` the estimators get simulations of their
             own instead (`num_simulations` rows per site, as without a guide; the store
             keeps those only). Simulator sites without an estimator
@@ -370,6 +372,9 @@ def _train_with_guide(
         records = []
         for name in names:
             context, values = rows[name]
+            if len(context) > num_simulations:  # what a separate simulation would train on
+                keep = torch.randperm(len(context))[:num_simulations]
+                context, values = context[keep], values[keep]
             finite = torch.isfinite(values.reshape(len(values), -1)).all(-1)
             status = torch.where(finite, OK, NONFINITE).to(torch.int8)
             share = seconds * len(context) / max(total, 1)

@@ -402,10 +402,11 @@ class CountingLinear:
 
 
 def test_one_budget_trains_the_guide_and_the_likelihood_on_the_same_draws():
-    """With a guide, every row the simulator ran in the guide's prior predictive draws
-    (each trial of each subject) trains the NLE too, and nothing else is simulated.
-    Catches the estimator simulated separately (twice the rows), rows paired with
-    another subject's theta (a likelihood far from the truth) and trials dropped."""
+    """With a guide, the rows the simulator ran in the guide's prior predictive draws (each
+    trial of each subject) train the NLE too, `num_simulations` of them, and nothing else
+    is simulated. Catches the estimator simulated separately (more rows simulated), rows
+    paired with another subject's theta (a likelihood far from the truth) and a theta
+    not repeated over its trials (rows that did not come from the draws)."""
     simulator, likelihood = CountingLinear(), NLE()
 
     def model(x=None):
@@ -416,18 +417,20 @@ def test_one_budget_trains_the_guide_and_the_likelihood_on_the_same_draws():
                 return pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x)
 
     guide = AmortizedGuide(model)
-    reports = train(model, torch.zeros(4, 3, 2), num_simulations=1000, guide=guide, seed=0,
+    reports = train(model, torch.zeros(4, 3, 2), num_simulations=2000, guide=guide, seed=0,
                     progress=False, fit_options={"max_epochs": 30})  # fmt: skip
     report = reports["x"]
-    assert simulator.rows == 1000 * 3 * 4 == len(report.theta) == len(report.x)
-    assert guide.trained and guide.estimator.num_simulations == 1000
-    assert likelihood.num_simulations == 1000 * 3 * 4
-    # each subject's theta appears once per trial: 1000 x 3 distinct rows, 4 times each
+    assert simulator.rows == 2000 * 3 * 4  # the guide's draws, and nothing more
+    assert guide.trained and guide.estimator.num_simulations == 2000
+    assert len(report.theta) == len(report.x) == likelihood.num_simulations == 2000
+    # 2000 of 24,000 rows in which each subject's theta repeats over its 4 trials
     _, counts = report.theta.unique(dim=0, return_counts=True)
-    assert len(counts) == 1000 * 3 and (counts == 4).all()
+    assert counts.max() <= 4 and (counts > 1).sum() > 50  # about 230 expected
     theta = torch.randn(2000, 2, generator=torch.Generator().manual_seed(1))
     x = linear(theta)
     exact = dist.Normal(theta, NOISE).log_prob(x).sum(-1)
     with torch.no_grad():
         learned = likelihood.log_prob(x, theta)
-    assert (learned - exact).mean().abs() < 0.1 and (learned - exact).std() < 0.2
+    # measured (seeds 0, 1): mean -0.008, -0.010 and sd 0.160, 0.177 nats; rows paired
+    # with another subject's theta: mean -0.30, sd 0.57
+    assert (learned - exact).mean().abs() < 0.1 and (learned - exact).std() < 0.3
