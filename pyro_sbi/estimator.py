@@ -306,6 +306,12 @@ class Estimator(nn.Module):
         `torch.nn`. Option names of files written before a rename are read too.
         """
         config = {_RENAMED.get(key, key): value for key, value in config.items()}
+        embedding = config.pop("embedding", None)  # a network is saved by its class name only
+        if embedding is not None and "embedding" not in overrides:
+            raise ValueError(
+                f"the saved {cls.__name__} used an embedding network ({embedding}): pass a new "
+                f"instance, {cls.__name__}.load(path, embedding=...)"
+            )
         if "flow" in config and "flow" not in overrides:
             overrides["flow"] = flow_by_name(config["flow"], cls.__name__)
         if isinstance(config.get("activation"), str):
@@ -395,6 +401,15 @@ class Estimator(nn.Module):
         return estimator
 
     # evaluation ---------------------------------------------------------------------
+
+    def _embedded(self, x_z: Tensor) -> Tensor:
+        """Flat z-scored `x_z (*, L)` through the `embedding` network, `(*, E)`, if any."""
+        embedding = getattr(self, "embedding", None)
+        if embedding is None:
+            return x_z
+        batch = x_z.shape[:-1]
+        features = embedding(x_z.reshape((-1, *self.x_shape)))
+        return features.reshape(batch + features.shape[-1:])
 
     def check_trained(self) -> None:
         """Raises :class:`UntrainedEstimatorError` when the estimator was never fitted."""

@@ -235,32 +235,12 @@ class FMPE(Estimator):
                 "freqs": self.freqs, "activation": self.activation.__name__,
                 "atol": self.atol, "rtol": self.rtol, "steps": self.steps}  # fmt: skip
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> FMPE:
-        """An untrained `FMPE` from :meth:`config`; pass `embedding=` if one was used."""
-        config = dict(config)
-        embedding = config.pop("embedding", None)
-        if embedding is not None and "embedding" not in overrides:
-            raise ValueError(
-                f"the saved FMPE used an embedding network ({embedding}): pass a new "
-                "instance, FMPE.load(path, embedding=...)"
-            )
-        return super().from_config(config, **overrides)
-
     def extra_repr(self) -> str:
         """Size of the field and the solver's tolerances."""
         return (
             f"hidden_features={self.hidden_features}, num_blocks={self.num_blocks}, "
             f"atol={self.atol}, rtol={self.rtol}, steps={self.steps}"
         )
-
-    def _context(self, x_z: Tensor) -> Tensor:
-        """The field's context from z-scored flat `x_z (*, L)`."""
-        if self.embedding is None:
-            return x_z
-        batch = x_z.shape[:-1]
-        features = self.embedding(x_z.reshape((-1, *self.x_shape)))
-        return features.reshape(batch + features.shape[-1:])
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         r"""The flow-matching loss of a batch of parameters given their data, z-scored.
@@ -287,7 +267,7 @@ class FMPE(Estimator):
                             dtype=theta_z.dtype)  # fmt: skip
         theta_t = (1 - t) * theta_z + (SIGMA_MIN + (1 - SIGMA_MIN) * t) * noise
         target = (1 - SIGMA_MIN) * noise - theta_z
-        velocity = self.flow.field(t[..., 0], theta_t, self._context(x_z))
+        velocity = self.flow.field(t[..., 0], theta_t, self._embedded(x_z))
         return (velocity - target).square().sum(-1).mean()
 
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
@@ -304,7 +284,7 @@ class FMPE(Estimator):
         if x_z.numel() == 0:  # no data points: no densities
             return x_z.new_zeros(x_z.shape[:-1])
         with validation_off():
-            log_q = self.flow(self._context(x_z)).log_prob(theta_z)
+            log_q = self.flow(self._embedded(x_z)).log_prob(theta_z)
         return log_q - self.theta_scale.log().sum()
 
     def sample(self, x: Tensor, sample_shape: Size | tuple = ()) -> Tensor:
@@ -363,7 +343,7 @@ class _FlowPosterior(_LearnedPosterior):
         x = self.x.to(estimator.x_loc.dtype)
         flat = x.reshape(self.batch_shape + (estimator.x_features,))
         x_z = (estimator._transform(flat) - estimator.x_loc) / estimator.x_scale
-        return estimator._context(x_z)
+        return estimator._embedded(x_z)
 
 
 class _VectorField(nn.Module):

@@ -108,29 +108,9 @@ class NPE(Estimator):
         return {"flow": flow_name(self.flow_class), "z_score": self.z_score,
                 "embedding": embedding, **self.flow_options}  # fmt: skip
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> NPE:
-        """An untrained `NPE` from :meth:`config`; pass `embedding=` if one was used."""
-        config = dict(config)
-        embedding = config.pop("embedding", None)
-        if embedding is not None and "embedding" not in overrides:
-            raise ValueError(
-                f"the saved NPE used an embedding network ({embedding}): pass a new instance, "
-                "NPE.load(path, embedding=...)"
-            )
-        return super().from_config(config, **overrides)
-
     def extra_repr(self) -> str:
         """Name of the flow class."""
         return f"flow={getattr(self.flow_class, '__name__', self.flow_class)}"
-
-    def _context(self, x_z: Tensor) -> Tensor:
-        """The flow's context from z-scored flat `x_z (*, L)`."""
-        if self.embedding is None:
-            return x_z
-        batch = x_z.shape[:-1]
-        features = self.embedding(x_z.reshape((-1, *self.x_shape)))
-        return features.reshape(batch + features.shape[-1:])
 
     def loss(self, theta: Tensor, x: Tensor) -> Tensor:
         r"""Negative log-density of a batch of parameters given their data, z-scored.
@@ -144,7 +124,7 @@ class NPE(Estimator):
         """
         x_z, theta_z = self._standardize(x.reshape(len(x), -1), theta)
         with validation_off():
-            return -self.flow(self._context(x_z)).log_prob(theta_z).mean()
+            return -self.flow(self._embedded(x_z)).log_prob(theta_z).mean()
 
     def log_prob(self, theta: Tensor, x: Tensor) -> Tensor:
         r"""Learned log-posterior :math:`\log q(\theta \mid x)`.
@@ -160,7 +140,7 @@ class NPE(Estimator):
         if x_z.numel() == 0:  # no data points: no densities
             return x_z.new_zeros(x_z.shape[:-1])
         with validation_off():
-            log_q = self.flow(self._context(x_z)).log_prob(theta_z)
+            log_q = self.flow(self._embedded(x_z)).log_prob(theta_z)
         return log_q - self.theta_scale.log().sum()
 
     def sample(self, x: Tensor, sample_shape: Size | tuple = ()) -> Tensor:
@@ -205,7 +185,7 @@ class _LearnedPosterior(TorchDistribution):
         x = self.x.to(estimator.x_loc.dtype)
         flat = x.reshape(self.batch_shape + (estimator.x_features,))
         x_z = (estimator._transform(flat) - estimator.x_loc) / estimator.x_scale
-        return estimator.flow(estimator._context(x_z))
+        return estimator.flow(estimator._embedded(x_z))
 
     def rsample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
         estimator = self.estimator

@@ -187,7 +187,7 @@ class NRE(Estimator):
         features = self.x_features
         if self.embedding is not None:
             with torch.no_grad():
-                features = self._embed(torch.zeros(1, features)).shape[-1]
+                features = self._embedded(torch.zeros(1, features)).shape[-1]
         self.classifier = ResidualMLP(
             features + self.theta_dim,
             1,
@@ -210,32 +210,12 @@ class NRE(Estimator):
             "z_score": self.z_score,
         }
 
-    @classmethod
-    def from_config(cls, config: dict, **overrides) -> NRE:
-        """An untrained `NRE` from :meth:`config`; pass `embedding=` if one was used."""
-        config = dict(config)
-        embedding = config.pop("embedding")
-        if embedding is not None and "embedding" not in overrides:
-            raise ValueError(
-                f"the saved NRE used an embedding network ({embedding}): pass a new instance, "
-                "NRE.load(path, embedding=...)"
-            )
-        return super().from_config(config, **overrides)
-
     def extra_repr(self) -> str:
         """Variant and its hyper-parameters."""
         return (
             f"variant={self.variant!r}, num_atoms={self.num_atoms}, gamma={self.gamma}, "
             f"balance={self.balance}"
         )
-
-    def _embed(self, x_z: Tensor) -> Tensor:
-        """Embeds flat z-scored `x (*, L)` into `(*, E)` features."""
-        if self.embedding is None:
-            return x_z
-        batch = x_z.shape[:-1]
-        e = self.embedding(x_z.reshape((-1, *self.x_shape)))
-        return e.reshape(batch + e.shape[-1:])
 
     def _logit(self, e: Tensor, theta_z: Tensor) -> Tensor:
         """The classifier's logit on embedded `x (*, E)` and `theta_z (*, D)`: `(*)`."""
@@ -281,7 +261,7 @@ class NRE(Estimator):
         n = len(x_z)
         atoms = max(1, min(self.num_atoms, n - 1))
         shifts = atoms + (self.variant != "B")  # "A" and "C" need a marginal set
-        e = self._embed(x_z).unsqueeze(1).expand(-1, shifts, -1)
+        e = self._embedded(x_z).unsqueeze(1).expand(-1, shifts, -1)
 
         def logits(theta_z: Tensor) -> Tensor:  # (n, shifts); column 0 is the joint pair
             thetas = torch.stack([theta_z.roll(k, 0) for k in range(shifts)], dim=1)
@@ -348,5 +328,5 @@ class NRE(Estimator):
             return x_z.new_zeros(x_z.shape[:-1])
         if self.embedding is None:
             return self._logit(x_z, theta_z)
-        e = self._embed(distinct(x_z))  # once per distinct x, e.g. not once per chain
+        e = self._embedded(distinct(x_z))  # once per distinct x, e.g. not once per chain
         return self._logit(e.expand(x_z.shape[:-1] + e.shape[-1:]), theta_z)
