@@ -44,9 +44,9 @@ SUBJECTS, TRIALS = 10, 50
 
 
 def model(x_obs=None):
-    mu = pyro.sample("mu", dist.Normal(0.0, 1.0))  # tractable part
+    mu = pyro.sample("mu", dist.Normal(torch.zeros(2), 1.0).to_event(1))  # tractable part
     with pyro.plate("subjects", SUBJECTS):
-        theta = pyro.sample("theta", dist.Normal(mu, 0.5).expand([2]).to_event(1))
+        theta = pyro.sample("theta", dist.Normal(mu, 0.5).to_event(1))
         with pyro.plate("trials", TRIALS, dim=-2):  # i.i.d. trials per subject
             return pyro.sample("x", SimulatorDistribution(simulator, theta, likelihood), obs=x_obs)
 
@@ -62,7 +62,7 @@ def main() -> None:
 
     # Ground truth and observations from the real simulator.
     pyro.set_rng_seed(0)
-    mu_true = torch.tensor(0.5)
+    mu_true = torch.tensor([0.5, -0.5])
     theta_true = mu_true + 0.5 * torch.randn(SUBJECTS, 2)
     x_obs = simulator(theta_true.expand(TRIALS, SUBJECTS, 2).reshape(-1, 2))
     x_obs = x_obs.reshape(TRIALS, SUBJECTS, 2)
@@ -83,7 +83,9 @@ def main() -> None:
     mean = posterior["theta"].mean(0)
     low, high = posterior["theta"].quantile(0.05, 0), posterior["theta"].quantile(0.95, 0)
     mu = posterior["mu"]
-    print(f"\nmu: true {mu_true:.2f}, posterior mean {mu.mean():.2f} ± {mu.std():.2f}")
+    for d, name in enumerate("ab"):
+        print(f"mu_{name}: true {mu_true[d]:.2f}, posterior mean {mu[:, d].mean():.2f} ± "
+              f"{mu[:, d].std():.2f}")  # fmt: skip
     print("subject  parameter  true    posterior mean  90% interval")
     for s in range(SUBJECTS):
         for d, name in enumerate("ab"):
