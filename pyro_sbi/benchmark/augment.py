@@ -83,9 +83,7 @@ def per_training(methods, n: int = 1000, seed: int = 0) -> dict:
         for scored in (False, True):
             estimator = ESTIMATORS[method]()
             extra = {"score": score} if scored else {}
-            history = estimator.fit(
-                theta, _data(method, x), seed=seed, progress=False, **extra
-            )
+            history = estimator.fit(theta, _data(method, x), seed=seed, progress=False, **extra)
             result[method, scored] = (history.seconds, history.epochs)
     return result
 
