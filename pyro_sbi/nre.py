@@ -262,23 +262,22 @@ class NRE(Estimator):
         atoms = max(1, min(self.num_atoms, n - 1))
         shifts = atoms + (self.variant != "B")  # "A" and "C" need a marginal set
         e = self._embedded(x_z).unsqueeze(1).expand(-1, shifts, -1)
-
-        def logits(theta_z: Tensor) -> Tensor:  # (n, shifts); column 0 is the joint pair
-            thetas = torch.stack([theta_z.roll(k, 0) for k in range(shifts)], dim=1)
-            return self._logit(e, thetas)
-
         residual = 0.0
-        if score is None:
-            d = logits(theta_z)
+        if score is None:  # (n, shifts); column 0 is the joint pair
+            d = self._logit(e, torch.stack([theta_z.roll(k, 0) for k in range(shifts)], dim=1))
         else:
-            kept = {}
-
-            def joint(theta_z: Tensor) -> Tensor:
-                kept["d"] = logits(theta_z)
-                return kept["d"][:, 0]
-
-            _, residual = score_loss(joint, theta_z, score, self.theta_scale, score_weight)
-            d = kept["d"]
+            # The joint pairs go through the classifier apart from the contrastive ones:
+            # the score term differentiates their logits in theta, and a backward through
+            # the n joint rows costs 1 / shifts of one through all n * shifts rows (whose
+            # other theta-gradients are not needed).
+            joint, residual = score_loss(
+                lambda theta_z: self._logit(e[:, 0], theta_z), theta_z, score,
+                self.theta_scale, score_weight,
+            )  # fmt: skip
+            d = joint.unsqueeze(1)
+            if shifts > 1:
+                thetas = torch.stack([theta_z.roll(k, 0) for k in range(1, shifts)], dim=1)
+                d = torch.cat([d, self._logit(e[:, 1:], thetas)], dim=1)
         if self.variant == "A":
             loss = -(F.logsigmoid(d[:, 0]) + F.logsigmoid(-d[:, 1:]).mean(-1)).mean()
         elif self.variant == "B":

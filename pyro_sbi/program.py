@@ -311,6 +311,64 @@ class PyroSimulator:
         """
         return _WithScore(self)
 
+    def with_ratio(self) -> Callable[[Tensor], Tensor]:
+        r"""A simulator of packed rows `[x (flattened), theta_alt, sigmoid(log r)]`.
+
+        Each batch of parameters is paired by a random cyclic permutation of its rows:
+        row `i` gets as its alternative point :math:`\theta'_i` the parameters of another
+        row of the batch, every other row equally likely, and its run at :math:`\theta_i`
+        gets the joint log-ratio :math:`\log r_i` at :math:`\theta'_i`
+        (:meth:`joint_ratio`). The pairs :math:`(\theta_i, \theta'_i)` are then as
+        likely as :math:`(\theta'_i, \theta_i)`, however the batch was drawn, which is
+        the symmetry the ratio term of :mod:`pyro_sbi.augment` needs. A batch of one row
+        is paired with itself (:math:`\log r = 0`: the term is then a constant). The
+        ratio is packed as the label :math:`\sigma(\log r) \in [0, 1]` that the term
+        uses, finite where a run is impossible at :math:`\theta'` (label 0), so such a
+        row is kept. Give it to :func:`~pyro_sbi.simulate` in place of this simulator;
+        :meth:`unpack_ratio` splits the rows.
+
+        Returns:
+            A simulator `theta (n, D) -> (n, L + D + 1)` rows, `L` the size of one `x`.
+
+        Example:
+            >>> import pyro, pyro.distributions as dist
+            >>> def program(theta):
+            ...     with pyro.plate("rows", len(theta)):
+            ...         return pyro.sample("x", dist.Normal(theta[:, 0], 1.0)).unsqueeze(-1)
+            >>> theta = torch.arange(4.0).unsqueeze(-1)
+            >>> rows = PyroSimulator(program).with_ratio()(theta)
+            >>> x, theta_alt, log_r = PyroSimulator.unpack_ratio(rows, 1)
+            >>> bool((theta_alt != theta).all()), sorted(theta_alt[:, 0].tolist())
+            (True, [0.0, 1.0, 2.0, 3.0])
+        """
+        return _WithRatio(self)
+
+    @staticmethod
+    def unpack_ratio(
+        rows: Tensor, theta_dim: int, x_shape: Size | tuple[int, ...] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""Splits rows of :meth:`with_ratio` into `x`, the alternative points and log-ratios.
+
+        Arguments:
+            rows: `(n, L + D + 1)` packed rows (the `x` of their simulations).
+            theta_dim: the number of parameters `D`.
+            x_shape: the shape of one `x` (`(L,)` by default).
+
+        Returns:
+            `x (n, *x_shape)`, `theta_alt (n, D)` and `log_r (n,)`, the logit of the packed
+            label: the joint log-ratio to the precision of the label (`inf` where the
+            label rounds to 1, `-inf` where it is 0).
+        """
+        if rows.dim() != 2 or rows.shape[-1] < theta_dim + 2:
+            raise ValueError(
+                f"PyroSimulator.unpack_ratio expects rows of shape (n, L + {theta_dim} + 1); got "
+                f"{tuple(rows.shape)}"
+            )
+        length = rows.shape[-1] - 1 - theta_dim
+        x_shape = Size((length,) if x_shape is None else x_shape)
+        x = rows[:, :length].reshape(len(rows), *x_shape)
+        return x, rows[:, length:-1], torch.logit(rows[:, -1])
+
     @staticmethod
     def unpack(
         rows: Tensor, theta_dim: int, x_shape: Size | tuple[int, ...] | None = None
@@ -348,6 +406,26 @@ class _WithScore:
     def __call__(self, theta: Tensor) -> Tensor:
         x, log_p, score = self.program.joint(theta)
         return torch.cat([x.reshape(len(x), -1).to(score.dtype), log_p[:, None], score], -1)
+
+
+class _WithRatio:
+    """`PyroSimulator.with_ratio()`: packed rows, named after the program (for the store)."""
+
+    def __init__(self, program: PyroSimulator) -> None:
+        self.program = program
+        self.__name__ = f"{program.__name__}.with_ratio"
+        self.__qualname__ = f"{program.__qualname__}.with_ratio"
+        self.__module__ = program.__module__
+
+    def __call__(self, theta: Tensor) -> Tensor:
+        theta = _as_theta(theta, self.program.__name__)
+        order = torch.randperm(len(theta))  # a random cycle: no row is its own partner
+        theta_alt = torch.empty_like(theta)
+        theta_alt[order] = theta[order.roll(1)]
+        x, log_r = self.program.joint_ratio(theta, theta_alt)
+        label = torch.sigmoid(log_r)
+        rows = [x.reshape(len(x), -1).to(theta.dtype), theta_alt, label[:, None].to(theta.dtype)]
+        return torch.cat(rows, -1)
 
 
 class _DetachValues(Messenger):

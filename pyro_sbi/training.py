@@ -79,6 +79,9 @@ class SiteReport:
             the estimator, when simulations failed.
         score: `(n, D)` the joint scores the estimator was trained on, with
             `augment="score"` (`None` otherwise).
+        theta_alt: `(n, D)` the alternative points of the joint ratios the estimator was
+            trained on, with `augment="ratio"` (`None` otherwise).
+        ratio: `(n,)` those joint log-ratios (:meth:`~pyro_sbi.PyroSimulator.unpack_ratio`).
     """
 
     sites: list[str]
@@ -91,6 +94,8 @@ class SiteReport:
     simulations: list[Simulations] = field(default_factory=list)
     validity: ValidityClassifier | None = None
     score: Tensor | None = None
+    theta_alt: Tensor | None = None
+    ratio: Tensor | None = None
 
     def _figures(self) -> dict:
         """The figures of both summaries; epochs summed and the loss averaged over members."""
@@ -210,7 +215,13 @@ def train(
             must have a :class:`~pyro_sbi.PyroSimulator`, whose joint score
             :math:`\nabla_\theta \log p(x, z \mid \theta)` is simulated (and stored)
             with `x`; `fit_options={"score_weight": ...}` sets the weight of the score
-            term. `None`: the pairs only.
+            term. `"ratio"` trains every estimator, which must be an
+            :class:`~pyro_sbi.NRE`, on joint ratios besides the pairs (ALICES,
+            :mod:`pyro_sbi.augment`): each run at :math:`\theta_i` is compared at the
+            parameters :math:`\theta'_i` of another simulation of its batch
+            (:meth:`~pyro_sbi.PyroSimulator.with_ratio`);
+            `fit_options={"ratio_weight": ...}` sets the weight of that term. `None`: the
+            pairs only.
 
     Sequential rounds concentrate simulations where the posterior is, so the same
     budget buys a more accurate likelihood there (and a less accurate one elsewhere:
@@ -259,8 +270,8 @@ def train(
     if seed is not None:
         fit_options.setdefault("seed", seed)
 
-    if augment not in (None, "score"):
-        raise ValueError(f'train: augment must be None or "score"; got {augment!r}')
+    if augment not in (None, "score", "ratio"):
+        raise ValueError(f'train: augment must be None, "score" or "ratio"; got {augment!r}')
     if guide is not None and rounds > 1:
         raise ValueError(
             "train: an amortised guide learns from the prior; rounds > 1 would draw from "
@@ -284,8 +295,8 @@ def train(
             "train: rounds > 1 draw from the posterior given the observations, but no "
             "simulator site is observed; pass the data to the model (obs=...)"
         )
-    if augment == "score":
-        _check_augmentable(collector.sites)
+    if augment is not None:
+        _check_augmentable(collector.sites, augment)
     groups = _group_by_estimator(collector.sites)
     if (
         guide is not None
@@ -328,7 +339,7 @@ def train(
                         site_seed = None  # the stored root seed goes on
                 records[name].append(
                     simulate(
-                        site.row_simulator if augment is None else site.simulator.with_score(),
+                        _simulator(site, augment),
                         theta,
                         batch_size=simulation_batch_size,
                         batched=site.batched,
@@ -420,6 +431,11 @@ def _checked_fit_options(fit_options: Mapping | None) -> dict:
             'train: fit_options cannot hold "score"; train(..., augment="score") simulates the '
             "joint scores of a PyroSimulator and trains on them"
         )
+    if "theta_alt" in fit_options or "ratio" in fit_options:
+        raise TypeError(
+            'train: fit_options cannot hold "theta_alt" or "ratio"; train(..., augment="ratio") '
+            "simulates the joint ratios of a PyroSimulator and trains on them"
+        )
     parameters = list(inspect.signature(fit).parameters.values())
     if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
         return dict(fit_options)
@@ -446,9 +462,12 @@ def _fit_site(names, collector, records, fit_options, validity, augment=None) ->
     theta_all = torch.cat([record.theta for record in records]).to(torch.get_default_dtype())
     ok = torch.cat([record.ok for record in records])
     theta, x = theta_all[ok], torch.cat([record.x for record in records])[ok]
-    score = None
+    augmented = {}
     if augment == "score":  # rows [x, log p(x, z | theta), score] of PyroSimulator.with_score
-        x, _, score = PyroSimulator.unpack(x, theta.shape[-1], site.x_shape)
+        x, _, augmented["score"] = PyroSimulator.unpack(x, theta.shape[-1], site.x_shape)
+    elif augment == "ratio":  # rows [x, theta_alt, sigmoid(log r)] of PyroSimulator.with_ratio
+        x, theta_alt, ratio = PyroSimulator.unpack_ratio(x, theta.shape[-1], site.x_shape)
+        augmented = {"theta_alt": theta_alt, "ratio": ratio}
     num_failed = int((~ok).sum())
     classifier = None
     if num_failed:
@@ -462,10 +481,9 @@ def _fit_site(names, collector, records, fit_options, validity, augment=None) ->
             + ("; P(valid | theta) is learned and added to the likelihood" if validity else ""),
             stacklevel=3,
         )
-    scored = {} if score is None else {"score": score}
-    history = estimator.fit(theta, x, **fit_options, **scored)
-    score_keys = ("score_weight", "normalize_score", "validate_score")  # not the classifier's
-    fit_options = {key: value for key, value in fit_options.items() if key not in score_keys}
+    history = estimator.fit(theta, x, **fit_options, **augmented)
+    own = ("score_weight", "normalize_score", "validate_score", "ratio_weight")
+    fit_options = {key: value for key, value in fit_options.items() if key not in own}  # validity
     estimator.condition_dim = collector.sites[names[0]].condition_dim  # columns of theta
     if num_failed and validity:
         classifier = ValidityClassifier()
@@ -473,25 +491,44 @@ def _fit_site(names, collector, records, fit_options, validity, augment=None) ->
         estimator.validity = classifier
     seconds = sum(record.seconds for record in records)
     return SiteReport(
-        names, estimator, theta, x, num_failed, history, seconds, records, classifier, score
-    )
+        names, estimator, theta, x, num_failed, history, seconds, records, classifier,
+        **augmented,
+    )  # fmt: skip
 
 
-def _check_augmentable(sites: Mapping[str, SimulatorDistribution]) -> None:
-    """Raises naming every site that cannot give joint scores (`augment="score"`)."""
+def _simulator(site: SimulatorDistribution, augment: str | None) -> Callable:
+    """What `train` simulates at `site`: its rows, or the packed rows of `augment`."""
+    if augment == "score":
+        return site.simulator.with_score()
+    if augment == "ratio":
+        return site.simulator.with_ratio()
+    return site.row_simulator
+
+
+def _check_augmentable(sites: Mapping[str, SimulatorDistribution], augment: str) -> None:
+    """Raises naming every site that cannot give joint scores or ratios (`augment=`)."""
+    what = {"score": "joint score", "ratio": "joint ratio"}[augment]
     for name, site in sites.items():
         if not isinstance(site.simulator, PyroSimulator):
             raise ValueError(
-                f'train(augment="score"): site {name!r} has the simulator '
-                f"{simulator_name(site.simulator)}, not a PyroSimulator, so it has no joint "
-                "score; write the simulator as a Pyro program fn(theta) -> x and pass "
+                f"train(augment={augment!r}): site {name!r} has the simulator "
+                f"{simulator_name(site.simulator)}, not a PyroSimulator, so it has no {what}; "
+                "write the simulator as a Pyro program fn(theta) -> x and pass "
                 "SimulatorDistribution(PyroSimulator(fn), theta, estimator)"
             )
         if site.condition is not None or not site.batched or site.numpy:
             raise ValueError(
-                f'train(augment="score"): site {name!r} has a condition, batched=False or '
+                f"train(augment={augment!r}): site {name!r} has a condition, batched=False or "
                 "numpy=True; a PyroSimulator takes a batch of theta as a tensor, without a "
                 "condition"
+            )
+        members = getattr(site.estimator, "members", [site.estimator])
+        if augment == "ratio" and not all(
+            "ratio" in inspect.signature(member.loss).parameters for member in members
+        ):
+            raise ValueError(
+                f'train(augment="ratio"): site {name!r} has the estimator '
+                f"{type(site.estimator).__name__}, which does not train on joint ratios; NRE does"
             )
 
 

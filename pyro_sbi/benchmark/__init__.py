@@ -8,6 +8,8 @@
 - `python -m pyro_sbi.benchmark.trials`: the cost of a NUTS gradient of a hierarchical
   drift-diffusion model under plates of subjects × trials, MNLE against the exact
   density;
+- `python -m pyro_sbi.benchmark.augment`: the cost of training on the joint score
+  against plain training, per gradient step and per training, for NLE, MNLE and NRE;
 - `python -m pyro_sbi.benchmark.threads`: one torch thread against torch's default in
   training, SliceMCMC and NUTS gradients, on an idle and a loaded machine.
 """
