@@ -285,3 +285,24 @@ def test_load_benchmark_kills_and_resumes_without_losing_rows(tmp_path):
     assert result["failed"] == 0 and result["peak MB"] > 0
     status = load._committed(str(tmp_path / "killed.zarr"))
     assert len(status) == n and (status == 0).all()
+
+
+def test_benchmark_exact_rows_sample_the_exact_likelihood(recorded):
+    """Catches `exact` rows that train, simulate, sample another likelihood than the
+    task's own or score against another observation's reference. Two moons' exact
+    posterior sampled by SliceMCMC scores C2ST below 0.6 on 1,000 draws; draws of one
+    crescent only score about 0.75, draws near the prior about 0.99."""
+    from pyro_sbi.tasks import two_moons
+
+    rows = compare.run(
+        ["two_moons"], ["exact"], [300], [1, 2], seed=0, log=lambda *a, **k: None,
+        num_posterior=1000,
+    )  # fmt: skip
+    assert [(r.task, r.method, r.budget, r.observation) for r in rows] == [
+        ("two_moons", "exact", 300, i) for i in (1, 2)
+    ]
+    check_scores(rows, two_moons, recorded, 1000)
+    for row in rows:
+        assert row.train_s == 0 and row.simulate_s == 0 and row.sample_s > 0
+        assert row.c2st < 0.6
+    assert compare._applies(two_moons, "exact")

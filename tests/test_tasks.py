@@ -455,3 +455,64 @@ def test_sir_likelihood_is_the_product_of_the_daily_binomials():
     impossible = x.clone()
     impossible[sir.DAYS] = sir.INFECTED + 1  # more recoveries than infected on day 0
     assert sir.log_likelihood(impossible, theta) == -math.inf
+
+
+EXACT = [*tasks.BROAD, "gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm",
+         "state_space"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_model_without_an_estimator_has_the_exact_likelihood(name):
+    """Catches `model(None, x)` whose log density at theta is not the task's exact
+    log-likelihood plus the log prior (another likelihood, or the observation dropped)."""
+    import pyro
+
+    task = importlib.import_module(f"pyro_sbi.tasks.{name}")
+    assert task.TASK.exact
+    x = task.observation(1)
+    theta = task.prior().sample((3,))
+    for t in [*theta, task.true_parameters(1)]:
+        model = pyro.poutine.condition(task.model, {"theta": t})
+        log_joint = pyro.poutine.trace(model).get_trace(None, x).log_prob_sum()
+        expected = task.log_likelihood(x, t).sum() + task.prior().log_prob(t)
+        assert torch.allclose(log_joint, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["sign_symmetric", "gaussian_linear"])
+def test_exact_site_samples_the_simulator_and_broadcasts(name):
+    """The exact site draws from the real simulator and follows Pyro's shapes."""
+    import pyro
+
+    task = importlib.import_module(f"pyro_sbi.tasks.{name}")
+    theta = task.prior().sample((4,))
+    trace = pyro.poutine.trace(pyro.poutine.condition(task.model, {"theta": theta})).get_trace(
+        None
+    )
+    site = trace.nodes["x"]["fn"]
+    assert site.batch_shape == (4,) and site.event_shape == task.observation(1).shape
+    assert trace.nodes["x"]["value"].shape == (4, *site.event_shape)
+    wide = site.expand((5, 4))
+    x = task.observation(1)
+    assert wide.log_prob(x).shape == (5, 4)
+    assert torch.allclose(wide.log_prob(x)[2], task.log_likelihood(x, theta))
+    with pytest.raises(ValueError, match="event shape"):
+        site.log_prob(torch.zeros(3, 7))
+
+
+def test_task_without_an_exact_likelihood_says_so():
+    import pyro
+    import pyro.distributions as dist
+
+    from pyro_sbi.tasks import Task
+
+    def prior():
+        return dist.Normal(torch.zeros(1), 1.0).to_event(1)
+
+    def simulator(theta):
+        return theta + torch.randn_like(theta)
+
+    task = Task("toy", prior, simulator, lambda x, n, seed=0: prior().sample((n,)))
+    assert not task.exact
+    trace = pyro.poutine.trace(task.model).get_trace(None, torch.zeros(1))
+    with pytest.raises(ValueError, match="toy has no exact likelihood.*needs an estimator"):
+        trace.log_prob_sum()

@@ -35,6 +35,13 @@ simulations and, besides, on the joint score of each simulation
 :class:`~pyro_sbi.PyroSimulator` (``state_space``); their ``simulate s`` includes the
 scores, their rows have no sbi peer.
 
+``exact`` trains nothing: it runs the same :class:`~pyro_sbi.infer.SliceMCMC` on the
+task's model with its exact likelihood (``task.model(None, x)``, on every task that has
+one), so its C2ST is the sampler's own error, to read beside a learned estimator's
+(a learned row no better than the exact one is limited by the sampler, not by the
+estimator). Its rows have ``simulate s`` and ``train s`` 0 and no sbi peer; the budget
+only labels them.
+
 With ``--rounds 1 2`` (or more) it also runs sequential rounds (SNLE / SNRE, see
 :func:`~pyro_sbi.train`): for each observation a fresh estimator is trained on the same
 total budget split over the rounds, later rounds drawing from the current posterior.
@@ -77,9 +84,10 @@ TASKS = ("gaussian_linear", "two_moons", "slcp", "gaussian_mixture", "ddm")
 SUITES = {"sbibm": TASKS, "broad": BROAD}
 PROGRAMS = ("state_space",)  # tasks whose simulator is a Pyro program (joint scores)
 ALL_TASKS = TASKS + BROAD + PROGRAMS  # a task's index roots its simulation seed
-METHODS = ("nle", "nre", "mnle", "npe", "fmpe", "nle-score", "nre-score")
+METHODS = ("nle", "nre", "mnle", "npe", "fmpe", "nle-score", "nre-score", "exact")
 POSTERIORS = ("npe", "fmpe")  # amortised posteriors: sampled directly, one round only
 SCORED = ("nle-score", "nre-score")  # trained on the joint score too
+EXACT = "exact"  # the task's exact likelihood: no simulations, no training
 NUM_POSTERIOR = 10_000
 
 
@@ -134,10 +142,12 @@ def _applies(task, method: str) -> bool:
     """MNLE serves tasks with a discrete column, NLE the others; NRE, NPE and FMPE serve both.
 
     The methods trained on the joint score serve the tasks whose simulator is a
-    :class:`~pyro_sbi.PyroSimulator`.
+    :class:`~pyro_sbi.PyroSimulator`; `"exact"` serves the tasks with an exact likelihood.
     """
     from pyro_sbi import PyroSimulator
 
+    if method == EXACT:
+        return task.TASK.exact
     if method in SCORED:
         return isinstance(task.simulator, PyroSimulator) and (
             method == "nre-score" or not getattr(task, "MIXED", False)
@@ -236,10 +246,10 @@ def run(
 
     Arguments:
         tasks: task names (modules of :mod:`pyro_sbi.tasks`).
-        methods: `"nle"`, `"nre"`, `"mnle"`, `"npe"`, `"fmpe"`, `"nle-score"`, `"nre-score"`; a
-            method that does not apply to a task (NLE on mixed discrete data, MNLE on
-            continuous data, the score methods where the simulator is not a Pyro
-            program) is skipped.
+        methods: `"nle"`, `"nre"`, `"mnle"`, `"npe"`, `"fmpe"`, `"nle-score"`, `"nre-score"`,
+            `"exact"`; a method that does not apply to a task (NLE on mixed discrete data,
+            MNLE on continuous data, the score methods where the simulator is not a Pyro
+            program, `"exact"` where the task has no exact likelihood) is skipped.
         budgets: numbers of simulations.
         observations: sbibm observation numbers (1 to 10).
         compare: `"sbi"` to run sbi on the same simulations.
@@ -281,7 +291,7 @@ def run(
             run_seed = seed + 1000 * budget + ALL_TASKS.index(task_name)
             amortised = [m for m in methods if _applies(task, m)] if 1 in rounds else []
             simulated = {}  # one set of simulations serves every amortised estimator
-            for scored in sorted({m in SCORED for m in amortised}):
+            for scored in sorted({m in SCORED for m in amortised if m != EXACT}):
                 torch.manual_seed(run_seed)
                 theta = task.prior().sample((budget,))
                 simulator = task.simulator.with_score() if scored else task.simulator
@@ -289,6 +299,11 @@ def run(
                 sims = simulate(simulator, theta, seed=run_seed, batch_size=budget, progress=False)
                 simulated[scored] = (*sims.valid(), time.perf_counter() - start)
             for method in amortised:
+                if method == EXACT:  # the sampler alone, on the exact likelihood
+                    for i in observations:
+                        c2st_, sample_s, _ = score(task, None, i, run_seed + i)
+                        emit(Row(task_name, method, budget, i, c2st_, 0.0, 0.0, sample_s))
+                    continue
                 theta, x, simulate_s = simulated[method in SCORED]
                 options = dict(fit_options or {})
                 if method in SCORED:  # the same x as the others (the same seeds), and t
@@ -321,6 +336,7 @@ def run(
                 if not _applies(task, method) or method in (
                     *POSTERIORS,
                     *SCORED,
+                    EXACT,
                 ):  # one round only
                     continue
                 estimator = _estimator(method, flow)

@@ -2,6 +2,9 @@ r"""Standard simulation-based inference tasks, one module per task.
 
 Each task gives a simulator, a prior and, where it exists, the exact likelihood as a Pyro
 distribution, so that reference posteriors can be computed without a learned surrogate.
+A task's model called without an estimator, `model(None, x)`, samples on that exact
+likelihood (:class:`~pyro_sbi.tasks._common.ExactLikelihood`), so a sampler can be
+checked apart from any estimator (``python -m pyro_sbi.benchmark --methods exact``).
 A task module holds only these parts and its reference method, and makes one
 :class:`Task` of them (`TASK`), which gives the module's `model`, `observation`,
 `true_parameters` and `reference_posterior`.

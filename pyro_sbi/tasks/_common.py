@@ -19,6 +19,8 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
+from pyro_sbi.distribution import SimulatorDistribution
+
 _DATA = Path(__file__).with_name("observations.json")
 
 # the names every task module offers (each adds its own: DIM, X_DIM, log_likelihood, ...)
@@ -122,14 +124,113 @@ def cached_reference(task: str, i: int, num_samples: int, compute: Callable[[], 
     return samples
 
 
-def simulator_model(prior, simulator: Callable, estimator, x: Tensor | None) -> Tensor:
-    """`theta` from `prior`, then `x` from a simulator site with `estimator` (one draw)."""
+class ExactLikelihood(SimulatorDistribution):
+    r"""A simulator site whose `log_prob` is a task's exact likelihood, not an estimator's.
+
+    `sample` runs the real simulator, as for any :class:`~pyro_sbi.SimulatorDistribution`;
+    `log_prob(x)` is `log_likelihood(x, theta)`. A task's model uses it in place of a
+    learned likelihood when it is called with `estimator=None`, so the same sampler can
+    run on the exact and on the learned likelihood.
+
+    Arguments:
+        simulator: `theta (n, D) -> x (n, *X)`.
+        theta: `(*batch_shape, D)` parameters.
+        log_likelihood: `log_likelihood(x, theta) -> (*)`, `x (*, *X)` and `theta (*, D)`
+            broadcast; `None` for a task without an exact likelihood (`log_prob` then
+            raises).
+        x_shape: `X`, the event shape.
+        task: the task's name, for error messages.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> def log_likelihood(x, theta):
+        ...     return dist.Normal(theta, 1.0).log_prob(x).sum(-1)
+        >>> site = ExactLikelihood(lambda t: t + torch.randn_like(t), torch.zeros(3, 2),
+        ...                        log_likelihood, (2,))
+        >>> site.sample().shape, site.log_prob(torch.zeros(2)).shape
+        (torch.Size([3, 2]), torch.Size([3]))
+    """
+
+    def __init__(
+        self,
+        simulator: Callable,
+        theta: Tensor,
+        log_likelihood: Callable[[Tensor, Tensor], Tensor] | None,
+        x_shape,
+        *,
+        task: str = "task",
+        validate_args: bool | None = None,
+    ) -> None:
+        super().__init__(simulator, theta, x_shape=x_shape, validate_args=validate_args)
+        self.log_likelihood, self.task = log_likelihood, task
+
+    def expand(self, batch_shape, _instance=None) -> ExactLikelihood:
+        """Broadcasts to `batch_shape` without copying `theta`."""
+        new = self._get_checked_instance(ExactLikelihood, _instance)
+        new = super().expand(batch_shape, new)
+        new.log_likelihood, new.task = self.log_likelihood, self.task
+        return new
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """`log_likelihood(value, theta)`: `value (*, *X)` -> `broadcast(*, batch_shape)`.
+
+        Raises:
+            ValueError: the task has no exact likelihood, or `value` has the wrong event
+                shape.
+        """
+        if self.log_likelihood is None:
+            raise ValueError(
+                f"{self.task} has no exact likelihood, so its model needs an estimator: "
+                f"model(NLE(), x) (or NRE(), MNLE()), trained with pyro_sbi.train"
+            )
+        event = len(self.event_shape)
+        if value.dim() < event or value.shape[value.dim() - event :] != self.event_shape:
+            raise ValueError(
+                f"{self.task}: expected x with event shape {tuple(self.event_shape)}; got a "
+                f"value of shape {tuple(value.shape)}"
+            )
+        batch = torch.broadcast_shapes(value.shape[: value.dim() - event], self.batch_shape)
+        return self.log_likelihood(value, self.theta).expand(batch)
+
+
+def simulator_site(
+    simulator: Callable,
+    theta: Tensor,
+    estimator,
+    log_likelihood: Callable | None,
+    x_shape,
+    task: str = "task",
+) -> SimulatorDistribution:
+    """The distribution of a task's site `"x"`: learned with `estimator`, exact without one.
+
+    Arguments:
+        simulator: `theta (n, D) -> x (n, *X)`.
+        theta: `(*batch_shape, D)` parameters.
+        estimator: a likelihood estimator, or `None` for the exact likelihood
+            (:class:`ExactLikelihood`).
+        log_likelihood: the task's exact `log_likelihood(x, theta)`, or `None`.
+        x_shape: `X`.
+        task: the task's name, for error messages.
+    """
+    if estimator is None:
+        return ExactLikelihood(simulator, theta, log_likelihood, x_shape, task=task)
+    return SimulatorDistribution(simulator, theta, estimator, x_shape=x_shape)
+
+
+def simulator_model(
+    prior, simulator: Callable, estimator, x: Tensor | None, log_likelihood=None,
+    x_shape=None, task: str = "task",
+) -> Tensor:  # fmt: skip
+    """`theta` from `prior`, then `x` from a simulator site with `estimator` (one draw).
+
+    With `estimator=None` the site's likelihood is the exact `log_likelihood`
+    (:func:`simulator_site`).
+    """
     import pyro
 
-    from pyro_sbi import SimulatorDistribution
-
     theta = pyro.sample("theta", prior)
-    return pyro.sample("x", SimulatorDistribution(simulator, theta, estimator), obs=x)
+    site = simulator_site(simulator, theta, estimator, log_likelihood, x_shape, task)
+    return pyro.sample("x", site, obs=x)
 
 
 class Task:
@@ -147,6 +248,10 @@ class Task:
             tasks); otherwise observation `i` is made from seeds (:func:`seeded_observation`).
         model: `model(estimator, x=None)` when the task's Pyro model is not one draw of
             `theta` from the prior and one simulator site `x`.
+        log_likelihood: the exact `log_likelihood(x, theta)`, `x (*, *X)` and
+            `theta (*, D)` broadcast, where the task has one: `model(None, x)` then
+            samples on it (:class:`ExactLikelihood`); without it, `model(None, x)` has a
+            site `"x"` whose `log_prob` raises.
 
     Example:
         >>> import pyro.distributions as dist
@@ -169,9 +274,11 @@ class Task:
         *,
         stored: bool = False,
         model: Callable | None = None,
+        log_likelihood: Callable[[Tensor, Tensor], Tensor] | None = None,
     ):
         self.name, self.prior, self.simulator = name, prior, simulator
         self.sample_posterior, self.stored, self._model = sample_posterior, stored, model
+        self.log_likelihood = log_likelihood
         self._seeded: dict[int, tuple[Tensor, Tensor]] = {}
 
     def __repr__(self) -> str:
@@ -180,11 +287,19 @@ class Task:
     def model(self, estimator, x: Tensor | None = None) -> Tensor:
         """The task as a Pyro model: `theta (D,)` from the prior, then the site `"x"`.
 
-        Site `"x"` is a simulator site with `estimator`, observed when `x` is given.
+        Site `"x"` is a simulator site with `estimator`, observed when `x` is given; with
+        `estimator=None` its likelihood is the task's exact one (:class:`ExactLikelihood`).
         """
         if self._model is not None:
             return self._model(estimator, x)
-        return simulator_model(self.prior(), self.simulator, estimator, x)
+        x_shape = self.observation(1).shape if x is None else x.shape
+        return simulator_model(self.prior(), self.simulator, estimator, x,
+                               self.log_likelihood, x_shape, self.name)  # fmt: skip
+
+    @property
+    def exact(self) -> bool:
+        """Whether the task has an exact likelihood (`model(None, x)` samples on it)."""
+        return self.log_likelihood is not None
 
     def interface(self) -> tuple[Callable, ...]:
         """`(model, observation, true_parameters, reference_posterior)`, a task module's own.

@@ -138,5 +138,5 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return rejection_posterior(log_density, proposal, num_samples, seed=seed)
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior)
+TASK = Task(NAME, prior, simulator, sample_posterior, log_likelihood=log_likelihood)
 model, observation, true_parameters, reference_posterior = TASK.interface()

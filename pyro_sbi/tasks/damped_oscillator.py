@@ -155,5 +155,5 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return torch.cat([pairs, y0[:, None]], -1).to(torch.get_default_dtype())
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior)
+TASK = Task(NAME, prior, simulator, sample_posterior, log_likelihood=log_likelihood)
 model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -111,7 +111,15 @@ def sample_posterior(x: Tensor, num_samples: int, *, seed: int = 0) -> Tensor:
     return mcmc.run(None, x).get_samples()["theta"][:num_samples]
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior, stored=True, model=model)
+TASK = Task(
+    NAME,
+    prior,
+    simulator,
+    sample_posterior,
+    stored=True,
+    model=model,
+    log_likelihood=log_likelihood,
+)
 observation, true_parameters = TASK.observation, TASK.true_parameters
 reference_posterior = TASK.reference_posterior
 

@@ -15,9 +15,9 @@ import pyro.distributions as dist
 import torch
 from torch import Tensor
 
-from pyro_sbi.tasks._common import TASK_NAMES, Task, seeded_draws
+from pyro_sbi.tasks._common import TASK_NAMES, Task, seeded_draws, simulator_site
 
-__all__ = ["DIM", "NAME", "posterior", "sample_posterior", *TASK_NAMES]
+__all__ = ["DIM", "NAME", "log_likelihood", "posterior", "sample_posterior", *TASK_NAMES]
 
 NAME, DIM, VARIANCE = "gaussian_linear", 10, 0.1
 
@@ -44,12 +44,18 @@ def posterior(x: Tensor) -> dist.Distribution:
     return dist.Normal(x.sum(0) / (1 + m), math.sqrt(VARIANCE / (1 + m))).to_event(1)
 
 
-def model(estimator, x: Tensor | None = None, trials: int | None = None) -> Tensor:
-    """The task as a Pyro model, with a plate of `trials` i.i.d. observations if given."""
-    from pyro_sbi import SimulatorDistribution
+def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
+    r"""The exact :math:`\log p(x \mid \theta)`, `x (*, 10)` and `theta (*, 10)` broadcast."""
+    return dist.Normal(theta, math.sqrt(VARIANCE)).log_prob(x).sum(-1)
 
+
+def model(estimator, x: Tensor | None = None, trials: int | None = None) -> Tensor:
+    """The task as a Pyro model, with a plate of `trials` i.i.d. observations if given.
+
+    With `estimator=None` the likelihood is the exact one (:func:`log_likelihood`).
+    """
     theta = pyro.sample("theta", prior())
-    site = SimulatorDistribution(simulator, theta, estimator, x_shape=(DIM,))
+    site = simulator_site(simulator, theta, estimator, log_likelihood, (DIM,), NAME)
     if trials is None:
         return pyro.sample("x", site, obs=x)
     with pyro.plate("trials", trials):
@@ -61,6 +67,9 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return seeded_draws(posterior(x), num_samples, seed)
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior, stored=True, model=model)
+TASK = Task(
+    NAME, prior, simulator, sample_posterior, stored=True, model=model,
+    log_likelihood=log_likelihood,
+)  # fmt: skip
 observation, true_parameters = TASK.observation, TASK.true_parameters
 reference_posterior = TASK.reference_posterior

@@ -95,6 +95,6 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return seeded_draws(posterior(x), num_samples, seed)
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior)
+TASK = Task(NAME, prior, simulator, sample_posterior, log_likelihood=log_likelihood)
 observation, true_parameters = TASK.observation, TASK.true_parameters
 model, reference_posterior = TASK.model, TASK.reference_posterior

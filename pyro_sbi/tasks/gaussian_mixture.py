@@ -69,5 +69,5 @@ def sample_posterior(x: Tensor, num_samples: int, seed: int = 0) -> Tensor:
     return torch.cat(kept)[:num_samples]
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True, log_likelihood=log_likelihood)
 model, observation, true_parameters, reference_posterior = TASK.interface()

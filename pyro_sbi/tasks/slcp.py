@@ -102,5 +102,5 @@ def sample_posterior(
     return theta
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior, stored=True)
+TASK = Task(NAME, prior, simulator, sample_posterior, stored=True, log_likelihood=log_likelihood)
 model, observation, true_parameters, reference_posterior = TASK.interface()

@@ -58,5 +58,5 @@ def log_likelihood(x: Tensor, theta: Tensor) -> Tensor:
 sample_posterior = grid_reference(log_likelihood, LOW, HIGH, cells=300)
 
 
-TASK = Task(NAME, prior, simulator, sample_posterior)
+TASK = Task(NAME, prior, simulator, sample_posterior, log_likelihood=log_likelihood)
 model, observation, true_parameters, reference_posterior = TASK.interface()
