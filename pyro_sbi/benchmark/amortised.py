@@ -91,7 +91,7 @@ def _simulations(task_name: str, budget: int, seed: int):
 
 def many_observations(
     tasks, methods=POSTERIORS, budgets=(1000,), *, num_observations: int = 1000,
-    num_draws: int = 1000, seed: int = 0, log=print,
+    num_draws: int = 1000, seed: int = 0, log=print, fit_options: dict | None = None,
 ) -> list[ManyRow]:  # fmt: skip
     """Times posterior draws for `num_observations` data sets with one trained guide.
 
@@ -103,6 +103,7 @@ def many_observations(
         num_draws: posterior draws per data set.
         seed: roots the seeds (the training as in the main benchmark).
         log: prints each row as it comes.
+        fit_options: options of the guide's `fit` (defaults otherwise).
 
     Returns:
         One :class:`ManyRow` per task, method and budget.
@@ -117,7 +118,7 @@ def many_observations(
         theta, x, run_seed = _simulations(task_name, budget, seed)
         guide = _Guide(task, method)
         start = time.perf_counter()
-        guide.fit(theta, x, seed=run_seed)
+        guide.fit(theta, x, seed=run_seed, **(fit_options or {}))
         train_s = time.perf_counter() - start
         torch.manual_seed(run_seed + 1)
         truths = task.prior().sample((num_observations,))
@@ -136,6 +137,7 @@ def many_observations(
 def importance(
     tasks, budgets=(1000,), observations=(1,), *, num_candidates: int = 100_000,
     num_posterior: int = NUM_POSTERIOR, seed: int = 0, log=print,
+    fit_options: dict | None = None,
 ) -> list[ImportanceRow]:  # fmt: skip
     """C2ST of NPE alone, NLE alone and NPE corrected by importance weights from the NLE.
 
@@ -147,6 +149,7 @@ def importance(
         num_posterior: posterior draws scored per observation.
         seed: roots the seeds (as in the main benchmark).
         log: prints each row as it comes.
+        fit_options: options of both estimators' `fit` (defaults otherwise).
 
     Returns:
         Three :class:`ImportanceRow` per task, budget and observation.
@@ -164,10 +167,10 @@ def importance(
         theta, x, run_seed = _simulations(task_name, budget, seed)
         npe, nle = _Guide(task, "npe"), _estimator("nle")
         start = time.perf_counter()
-        npe.fit(theta, x, seed=run_seed)
+        npe.fit(theta, x, seed=run_seed, **(fit_options or {}))
         npe_s = time.perf_counter() - start
         start = time.perf_counter()
-        nle.fit(theta, x, seed=run_seed, progress=False)
+        nle.fit(theta, x, seed=run_seed, progress=False, **(fit_options or {}))
         nle_s = time.perf_counter() - start
         for i in observations:
             x_o, reference = task.observation(i), task.reference_posterior(i, num_posterior)
