@@ -306,3 +306,39 @@ def test_benchmark_exact_rows_sample_the_exact_likelihood(recorded):
         assert row.train_s == 0 and row.simulate_s == 0 and row.sample_s > 0
         assert row.c2st < 0.6
     assert compare._applies(two_moons, "exact")
+
+
+def test_amortised_many_observations_rows():
+    from pyro_sbi.benchmark import amortised
+
+    rows = amortised.many_observations(
+        ["two_moons"], ["npe"], [300], num_observations=8, num_draws=20,
+        log=lambda *a, **k: None, fit_options={"max_epochs": 2},
+    )  # fmt: skip
+    (row,) = rows
+    assert (row.task, row.method, row.budget, row.observations, row.draws) == (
+        "two_moons", "npe", 300, 8, 20,
+    )  # fmt: skip
+    assert row.sample_s > 0 and 0 <= row.tarp_max_deviation <= 1 and 0 <= row.tarp_p_value <= 1
+
+
+def test_amortised_importance_rows_score_three_posteriors(recorded):
+    from pyro_sbi.benchmark import amortised
+
+    rows = amortised.importance(
+        ["two_moons"], [300], [1], num_candidates=500, num_posterior=200,
+        log=lambda *a, **k: None, fit_options={"max_epochs": 2},
+    )  # fmt: skip
+    assert [r.method for r in rows] == ["npe", "nle", "npe+is"]
+    assert rows[0].ess is None and rows[1].ess is None and 1 <= rows[2].ess <= 500
+    assert all(0.0 <= r.c2st <= 1.0 for r in rows)
+    _, scored, _ = recorded
+    assert [len(samples) for samples, _, _ in scored] == [200, 200, 200]
+    assert "npe+is" in amortised.importance_summary(rows)
+
+
+def test_amortised_command_line_needs_a_measurement():
+    from pyro_sbi.benchmark import amortised
+
+    with pytest.raises(SystemExit):
+        amortised.main(["--tasks", "two_moons"])
