@@ -34,6 +34,8 @@ change of the machine's load reaches them alike), for
 - the same MNLE with the parameters copied to every trial (the cost without that);
 - the exact first-passage-time density (`pyro_sbi.tasks.ddm.DriftDiffusion`).
 
+`--transforms` and `--bins` set the MNLE's flow (zuko's `NSF` options).
+
 The cost does not depend on how well the MNLE is trained, so it is trained briefly.
 Ratios to the exact density's time in the same run are what to compare across
 machines.
@@ -357,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", choices=("sbi",), help="add sbi's NLE / MNLE rows")
     parser.add_argument("--log-transform", action="store_true",
                         help="cost of MNLE(discrete=[1], log_transform=True)")  # fmt: skip
+    parser.add_argument("--transforms", type=int, help="the cost MNLE's flow transforms")
+    parser.add_argument("--bins", type=int, help="the cost MNLE's spline bins")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     repeats = 5 if args.quick else 20
@@ -380,11 +384,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
-    likelihood = MNLE(discrete=[1], log_transform=args.log_transform)
+    flow_options = {key: getattr(args, key) for key in ("transforms", "bins")
+                    if getattr(args, key) is not None}  # fmt: skip
+    likelihood = MNLE(discrete=[1], log_transform=args.log_transform, **flow_options)
     likelihood.fit(theta, ddm.simulate_ddm(theta), max_epochs=3, progress=False, seed=0)
 
     print(f"\ntorch {torch.__version__}, {os.cpu_count()} cores, 1 torch thread, "
-          f"Python {platform.python_version()}; MNLE({likelihood.extra_repr()})\n")  # fmt: skip
+          f"Python {platform.python_version()}; MNLE({likelihood.extra_repr()}"
+          f"{''.join(f', {k}={v}' for k, v in flow_options.items())})\n")  # fmt: skip
     print("| subjects × trials | MNLE, shared (ms) | MNLE, copied (ms) | exact (ms) "
           "| shared / exact | copied / exact |")  # fmt: skip
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
