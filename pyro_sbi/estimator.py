@@ -38,7 +38,7 @@ from torch.distributions import Distribution, constraints
 
 from pyro_sbi.embeddings import tied_features
 from pyro_sbi.networks import activation_by_name, flow_by_name
-from pyro_sbi.streamed import StoredPairs
+from pyro_sbi.streamed import StoredPairs, integer_valued
 
 FORMAT_VERSION = 1
 # options renamed since files were first written: old name -> new name
@@ -50,6 +50,8 @@ BUFFERS = (
     "theta_loc", "theta_scale", "x_loc", "x_scale", "x_min", "x_max",
     # the region of theta seen in training (local validity)
     "theta_min", "theta_max", "theta_mean", "theta_whiten", "theta_radius",
+    # columns of x whose training values are all integers and not all equal
+    "x_integer",
 )  # fmt: skip
 
 
@@ -192,11 +194,13 @@ class Estimator(nn.Module):
                            "min": flat.min(0).values, "max": flat.max(0).values}  # fmt: skip
             else:
                 moments = _tied_moments(transformed, flat, ties)
+            moments["integer"] = integer_valued(flat)
         self.theta_dim = theta.shape[-1]
         self.x_shape = Size(x_shape)
         self.theta_loc, self.theta_scale = _loc_scale(theta.mean(0), theta.std(0), self.z_score)
         self.x_loc, self.x_scale = _loc_scale(moments["mean"], moments["std"], self.z_score)
         self.x_min, self.x_max = moments["min"], moments["max"]
+        self.x_integer = moments["integer"] & (self.x_max > self.x_min)
         self._remember_region(theta)
         self.num_simulations = 0
         self.validity = None  # belongs to the previous training data

@@ -25,6 +25,26 @@ Both :math:`\theta` and :math:`x` are z-scored with statistics of the training d
 the flow models :math:`x_z = (x - \mu_x) / \sigma_x`, and the density of :math:`x` adds
 the Jacobian :math:`-\sum_j \log \sigma_{x,j}`.
 
+**Integer-valued outputs** (counts, binary responses, sums of them). A density fitted
+by maximum likelihood to values on a lattice has no optimum: it can pile ever more
+mass onto the lattice points, and what it learns between them is arbitrary, so its
+log-density at an observed count moves with the training run rather than with
+:math:`\theta`. Columns whose training values are all integers (and not all equal) are
+therefore *dequantized* (Uria et al., 2013; Theis et al., 2016): each training step
+sees :math:`x + u`, with :math:`u \sim \mathcal{U}(-\tfrac12, \tfrac12)` drawn afresh
+on those columns. The objective becomes
+
+.. math::
+
+    -\mathbb{E}\, \log q(x + u \mid \theta) \;\ge\;
+    -\mathbb{E}\, \log \int_{[-1/2, 1/2]^k} q(x + u \mid \theta)\, du ,
+
+a bound on the negative log-probability of the counts under the probabilities
+:math:`Q(x \mid \theta) = \int q(x + u \mid \theta)\, du` of the unit cells, which is
+well posed (:math:`Q \le 1`) and tight when :math:`q` is flat on each cell, minimised at
+:math:`Q = p`. :meth:`NLE.log_prob` at an integer :math:`x` is the density at its cell's
+centre, :math:`\log Q(x \mid \theta)` to the midpoint rule.
+
 References:
     | Sequential Neural Likelihood: Fast Likelihood-free Inference with Autoregressive
       Flows (Papamakarios et al., 2019)
@@ -35,6 +55,12 @@ References:
 
     | Neural Spline Flows (Durkan et al., 2019)
     | https://arxiv.org/abs/1906.04032
+
+    | RNADE: The real-valued neural autoregressive density-estimator (Uria et al., 2013)
+    | https://arxiv.org/abs/1306.0186
+
+    | A note on the evaluation of generative models (Theis et al., 2016)
+    | https://arxiv.org/abs/1511.01844
 """
 
 from __future__ import annotations
@@ -72,6 +98,12 @@ class NLE(Estimator):
             gradient. A spline flow pays off when `x` given `theta` is far from Gaussian
             (several modes, hard bounds) and the budget is large.
         z_score: standardise `theta` and `x` with the training statistics.
+        dequantize: train on integer-valued columns of `x` plus uniform noise on
+            `(-1/2, 1/2)` (see the module documentation); the columns are those whose
+            training values are all integers and not all equal (:attr:`x_integer`).
+            Samples of :meth:`forward`'s distribution are rounded on them (`rsample`
+            is not). On the broad suite's count tasks (benchmarks page, "Integer-valued
+            outputs") it lowered C2ST on 5 of 6 groups, at no cost per call.
         flow_options: passed to `flow`, e.g. `transforms=5, hidden_features=(128, 128)`.
 
     It trains with a moving average of its weights (:attr:`fit_defaults`, see
@@ -97,10 +129,12 @@ class NLE(Estimator):
         flow: Callable[..., zuko.flows.Flow] = zuko.flows.MAF,
         *,
         z_score: bool = True,
+        dequantize: bool = True,
         **flow_options,
     ) -> None:
         super().__init__(z_score=z_score)
         self.flow_class = flow
+        self.dequantize = dequantize
         self.flow_options = flow_options
         self.flow = None
 
@@ -111,7 +145,15 @@ class NLE(Estimator):
 
     def config(self) -> dict:
         """The constructor's options; the flow class by its name in `zuko.flows`."""
-        return {"flow": flow_name(self.flow_class), "z_score": self.z_score, **self.flow_options}
+        return {
+            "flow": flow_name(self.flow_class), "z_score": self.z_score,
+            "dequantize": self.dequantize, **self.flow_options,
+        }  # fmt: skip
+
+    def _dequantized(self) -> Tensor | None:
+        """`(L,)` booleans: the columns of flat `x` trained with uniform noise, if any."""
+        mask = self.x_integer if self.dequantize else None  # None in files saved before
+        return mask if mask is not None and bool(mask.any()) else None
 
     def extra_repr(self) -> str:
         """Name of the flow class."""
@@ -135,12 +177,19 @@ class NLE(Estimator):
                 weights of the squared residual per parameter (:func:`~pyro_sbi.fit` passes
                 those of :func:`~pyro_sbi.augment.score_weights`).
 
+        In training mode the integer-valued columns get their dequantization noise
+        (see :attr:`dequantize`); in evaluation mode, as in validation, they do not.
+
         Returns:
             The scalar mean of :math:`-\log q(x_z \mid \theta_z)`, plus
             :math:`\alpha \, \|\nabla_{\theta_z} \log q - \sigma_\theta \odot t\|^2` on
             average with a score.
         """
-        x_z, theta_z = self._standardize(x.reshape(len(x), -1), theta)
+        flat = x.reshape(len(x), -1)
+        mask = self._dequantized() if self.training else None
+        if mask is not None:  # fresh noise on the integer columns at every step
+            flat = flat + (torch.rand_like(flat) - 0.5) * mask
+        x_z, theta_z = self._standardize(flat, theta)
 
         def log_q(theta_z: Tensor) -> Tensor:
             with validation_off():
@@ -194,5 +243,11 @@ class _LearnedLikelihood(EstimatorDistribution):
         return x.reshape(x.shape[:-1] + estimator.x_shape)
 
     def sample(self, sample_shape: Size = Size()) -> Tensor:  # noqa: B008
+        """Draws of `x`, rounded on the dequantized columns (see :attr:`NLE.dequantize`)."""
         with torch.no_grad():
-            return self.rsample(sample_shape)
+            x = self.rsample(sample_shape)
+        mask = self.estimator._dequantized()
+        if mask is None:
+            return x
+        flat = x.reshape(x.shape[: x.dim() - len(self.estimator.x_shape)] + (-1,))
+        return torch.where(mask, flat.round(), flat).reshape(x.shape)

@@ -229,12 +229,15 @@ class StoredPairs:
 
         Returns:
             `mean (L,)` and unbiased `std (L,)` of the transformed columns, `min (L,)` and
-            `max (L,)` of the raw ones, in torch's default dtype.
+            `max (L,)` of the raw ones, in torch's default dtype, and `integer (L,)`:
+            whether every raw value of a column is an integer (or NaN).
         """
         count, mean, m2 = 0, None, None
-        low = high = None
+        low = high = integer = None
         for _, x in self.batches(self.buffer_rows, shuffle=False):
             flat = x.reshape(len(x), -1)
+            whole = integer_valued(flat)
+            integer = whole if integer is None else integer & whole
             low = flat.min(0).values if low is None else torch.minimum(low, flat.min(0).values)
             high = flat.max(0).values if high is None else torch.maximum(high, flat.max(0).values)
             values = transform(flat).to(torch.float64)
@@ -249,7 +252,13 @@ class StoredPairs:
             count = total
         dtype = torch.get_default_dtype()
         std = (m2 / max(count - 1, 1)).sqrt()
-        return {"mean": mean.to(dtype), "std": std.to(dtype), "min": low, "max": high}
+        return {"mean": mean.to(dtype), "std": std.to(dtype), "min": low, "max": high,
+                "integer": integer}  # fmt: skip
+
+
+def integer_valued(x: Tensor) -> Tensor:
+    """Whether each column of flat `x (n, L)` holds only integers (NaN allowed): `(L,)`."""
+    return ((x == x.round()) | x.isnan()).all(0)
 
 
 def _as_tensor(values) -> Tensor:

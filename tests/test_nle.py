@@ -119,3 +119,78 @@ def test_constant_feature_does_not_divide_by_zero():
     estimator = NLE(zuko.flows.MAF)
     estimator.fit(theta, x, max_epochs=2, progress=False)
     assert math.isfinite(estimator.log_prob(torch.tensor([0.0, 1.0]), torch.zeros(1)).item())
+
+
+def binary_and_counts(n):
+    """theta ~ U(0.5, 4.5); x = (Bernoulli(theta / 5) twice, Poisson(theta), theta + noise, 1)."""
+    theta = 0.5 + 4.0 * torch.rand(n, 1)
+    x = torch.cat(
+        [
+            torch.bernoulli((theta / 5).expand(-1, 2)),
+            torch.poisson(theta),
+            theta + 0.3 * torch.randn(n, 1),
+            torch.ones(n, 1),
+        ],
+        dim=-1,
+    )
+    return theta, x
+
+
+def log_pmf(x, theta):
+    """The exact log-probability of the two binary and the count column of `binary_and_counts`."""
+    binary = torch.distributions.Bernoulli(theta / 5).log_prob(x[:, :2]).sum(-1)
+    return binary + torch.distributions.Poisson(theta[:, 0]).log_prob(x[:, 2])
+
+
+@pytest.mark.parametrize("flow", [zuko.flows.MAF, zuko.flows.NSF], ids=["maf", "nsf"])
+def test_integer_columns_are_dequantized_to_their_probabilities(flow):
+    """Catches a flow fitted to the lattice of binary and count values as if they were
+    real numbers: it piles mass onto the lattice points, so its log-density there exceeds
+    the log-probability by several nats (measured without dequantization: -6.8 nats for
+    the MAF on two binary columns, -1.7 for the spline flow on Poisson counts), and its
+    training does not stop before `max_epochs`. With dequantization the error is the
+    flow's own (a MAF is affine per column: about -0.23 nats on the binary columns)."""
+    torch.manual_seed(0)
+    theta, x = binary_and_counts(3000)
+    estimator = NLE(flow)
+    history = estimator.fit(theta, x[:, :3], max_epochs=300, progress=False, seed=0)
+    assert estimator.x_integer.tolist() == [True, True, True]
+    assert history.stopped_early
+    theta, x = binary_and_counts(4000)
+    error = log_pmf(x, theta) - estimator.log_prob(x[:, :3], theta)
+    assert error.mean().abs() < 0.5, error.mean()
+    draws = estimator(theta[:5]).sample((20,))
+    assert torch.equal(draws, draws.round())
+
+
+def test_only_varying_integer_columns_are_dequantized_and_saved(tmp_path):
+    """Catches a continuous or a constant column taken for a count, a mask lost in the
+    file, or dequantize=False not honoured (training on the raw lattice again)."""
+    torch.manual_seed(0)
+    theta, x = binary_and_counts(1000)
+    estimator = NLE()
+    estimator.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    assert estimator.x_integer.tolist() == [True, True, True, False, False]
+    draws = estimator(theta[:3]).sample((4,))
+    assert torch.equal(draws[..., :3], draws[..., :3].round())
+    assert not torch.equal(draws[..., 3], draws[..., 3].round())
+    estimator.save(tmp_path / "nle.pt")
+    clone = NLE.load(tmp_path / "nle.pt")
+    assert clone.dequantize and torch.equal(clone.x_integer, estimator.x_integer)
+    assert torch.equal(clone.log_prob(x[:7], theta[:7]), estimator.log_prob(x[:7], theta[:7]))
+
+    raw = NLE(dequantize=False)
+    raw.fit(theta, x, max_epochs=2, progress=False, seed=0)
+    assert raw._dequantized() is None and NLE.from_config(raw.config()).dequantize is False
+    raw.train()
+    assert raw.loss(theta[:50], x[:50]) == raw.loss(theta[:50], x[:50])  # no noise
+    estimator.train()
+    assert estimator.loss(theta[:50], x[:50]) != estimator.loss(theta[:50], x[:50])
+
+
+def test_nan_padding_leaves_a_count_column_integer():
+    """Catches NaN (padding of missing trials) taken for a non-integer value."""
+    x = torch.tensor([[1.0, 0.5], [float("nan"), 2.0], [3.0, 1.0]])
+    from pyro_sbi.streamed import integer_valued
+
+    assert integer_valued(x).tolist() == [True, False]

@@ -167,3 +167,16 @@ def test_refusals(tmp_path):
         StoredPairs.from_store(tmp_path / "empty")
     with pytest.raises(ValueError, match="has no site 'x'"):
         StoredPairs.from_store(tmp_path / "empty", site="x")
+
+
+def test_streamed_integer_columns_match_those_of_the_tensors():
+    """Catches integer columns judged on one block only (or on the first)."""
+    torch.manual_seed(0)
+    theta = torch.rand(600, 1)
+    x = torch.cat([torch.poisson(3 * theta), theta + torch.randn_like(theta)], dim=-1)
+    x[:128, 1] = x[:128, 1].round()  # the first block is all integers
+    x[599, 1] = 2.0  # an integer in the last block only: the column is still real-valued
+    in_memory, streamed = NLE(), NLE()
+    in_memory.build(theta, x)
+    streamed.build(StoredPairs(theta, x.numpy(), block_rows=128, buffer_rows=256))
+    assert in_memory.x_integer.tolist() == streamed.x_integer.tolist() == [True, False]
