@@ -111,6 +111,21 @@ def test_an_estimators_fit_defaults_yield_to_explicit_options(monkeypatch):
     assert seen["average"] == 0.0
 
 
+def test_nre_takes_a_larger_adam_step_than_the_loop_and_yields_to_an_explicit_one(monkeypatch):
+    original, steps = torch.optim.Adam, []
+
+    def spy(params, lr, **options):
+        steps.append(lr)
+        return original(params, lr=lr, **options)
+
+    monkeypatch.setattr(torch.optim, "Adam", spy)
+    theta, x = pairs(100)
+    NRE().fit(theta, x, max_epochs=1, progress=False)
+    NLE().fit(theta, x, max_epochs=1, progress=False)
+    NRE().fit(theta, x, max_epochs=1, progress=False, learning_rate=1e-3)
+    assert steps == [3e-3, 1e-3, 1e-3]
+
+
 def test_counts_may_be_integral_floats():
     estimator = NLE(zuko.flows.MAF)
     theta, x = pairs(300)
