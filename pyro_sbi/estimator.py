@@ -99,10 +99,15 @@ class Estimator(nn.Module):
             trains with unless :meth:`fit` is given others.
         streams: whether :meth:`fit` takes a :class:`~pyro_sbi.streamed.StoredPairs`
             (outputs read from disk in blocks) in place of tensors.
+        interval_map: for an estimator of parameters given data, the map an
+            :class:`~pyro_sbi.AmortizedGuide` gives it an interval-valued site on by
+            default: `"logit"` (Pyro's `biject_to`) or `"clamp"`
+            (:class:`~pyro_sbi.transforms.SmoothClampTransform`).
     """
 
     normalized: bool = True
     fit_defaults: ClassVar[dict] = {}
+    interval_map: ClassVar[str] = "logit"
     streams: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs) -> None:

@@ -8,10 +8,17 @@ model's own prior predictive simulations, with a conditional density estimator
 1. the model runs `N` times at once, unconditioned (`poutine.uncondition`), under an
    extra plate: its latent sites draw from their priors and its observed sites are
    simulated, the :class:`~pyro_sbi.SimulatorDistribution` sites by the real simulator;
-2. each latent site is mapped to its unconstrained space, :math:`u =
-   \mathrm{biject\_to}(\mathrm{support})^{-1}(z)`, flattened and concatenated (the
-   layout of :class:`~pyro_sbi.density.ModelDensity`), the observed values flattened
-   and concatenated into :math:`x`;
+2. each latent site is mapped to its unconstrained space, :math:`u = T^{-1}(z)`,
+   flattened and concatenated (the layout of :class:`~pyro_sbi.density.ModelDensity`),
+   the observed values flattened and concatenated into :math:`x`. :math:`T` is
+   Pyro's `biject_to(support)`, except on an interval for :class:`~pyro_sbi.NPE`
+   (`interval="clamp"`, the estimator's `interval_map`), where it is
+   :class:`~pyro_sbi.transforms.SmoothClampTransform`: the identity inside the interval,
+   bent onto its ends only within a thousandth of its width. The logit that `biject_to`
+   uses sends the draws of a uniform prior near the ends far out into exponential tails,
+   which the flow overfits (two_moons, 10,000 simulations: C2ST 0.69 on the logit,
+   0.60 on the identity-inside map). :class:`~pyro_sbi.FMPE` keeps the logit
+   (`interval_map="logit"`), on which it was as accurate or more;
 3. the estimator is fitted to the pairs :math:`(u, x)`.
 
 Called as a guide, `guide(*args, **kwargs)` reads the observed values from the model
@@ -53,6 +60,7 @@ from __future__ import annotations
 __all__ = ["AmortizedGuide", "ImportanceDraws", "init_to_guide"]
 
 import contextlib
+import dataclasses
 import math
 import warnings
 import weakref
@@ -74,6 +82,7 @@ from pyro_sbi.estimator import Estimator
 from pyro_sbi.fitting import History
 from pyro_sbi.runner import ModelRunner, base_trace
 from pyro_sbi.sir import init_to_sir
+from pyro_sbi.transforms import INTERVAL_MAPS, guide_transform
 
 AUXILIARY = "_amortized_guide_latent"  # the auxiliary site of the unconstrained draws
 
@@ -126,9 +135,15 @@ class AmortizedGuide:
             returning `(N, E)`, e.g. :class:`~pyro_sbi.embeddings.CNN1d` for a time
             series; a site under a plate of trials defaults to
             :class:`~pyro_sbi.embeddings.DeepSet`, any other to its flat values.
+        interval: the map of an interval-valued latent site onto the real line that the
+            estimator learns on: `"clamp"`, the identity inside the interval
+            (:class:`~pyro_sbi.transforms.SmoothClampTransform`), or `"logit"`, Pyro's
+            `biject_to`; `None`: the estimator's `interval_map` (`"clamp"` for
+            :class:`~pyro_sbi.NPE`, `"logit"` for :class:`~pyro_sbi.FMPE`).
 
     Attributes:
         estimator: the estimator of :math:`q(u \mid x)`.
+        interval: the map of interval-valued sites, `"clamp"` or `"logit"`.
         latents: the latent sites (:class:`~pyro_sbi.density.LatentSite`), in the order
             of their blocks of :math:`u`; `None` before training.
         observed: `{name: shape}` of the observed sites; `None` before training.
@@ -152,6 +167,7 @@ class AmortizedGuide:
     def __init__(
         self, model: Callable, estimator: Estimator | None = None, *,
         min_trials: int | None = None, embedding: Mapping[str, nn.Module] | None = None,
+        interval: str | None = None,
     ) -> None:  # fmt: skip
         from pyro_sbi.npe import NPE  # here: NPE is a sibling, not a dependency of guides
 
@@ -166,6 +182,14 @@ class AmortizedGuide:
             min_trials = as_count(min_trials, "AmortizedGuide: min_trials")
         self.min_trials = min_trials
         self.embeddings = dict(embedding or {})
+        if interval is None:
+            interval = getattr(self.estimator, "interval_map", "logit")
+        if interval not in INTERVAL_MAPS:
+            raise ValueError(
+                f"AmortizedGuide: interval must be one of {INTERVAL_MAPS} (or None, the "
+                f"estimator's own); got {interval!r}"
+            )
+        self.interval = interval
         for name, net in self.embeddings.items():
             if not isinstance(net, nn.Module):
                 raise TypeError(
@@ -209,7 +233,11 @@ class AmortizedGuide:
                 "the data (or any values of its shape) so that the guide knows what it is "
                 "conditioned on, e.g. train(model, x_o, num_simulations=..., guide=guide)"
             )
-        self.latents = density.latents
+        supports = {lat.name: base.nodes[lat.name]["fn"].support for lat in density.latents}
+        self.latents = [
+            dataclasses.replace(lat, transform=guide_transform(supports[lat.name], self.interval))
+            for lat in density.latents
+        ]
         self.observed = {name: base.nodes[name]["value"].shape for name in density.observed}
         self._frames = {
             lat.name: [f for f in base.nodes[lat.name]["cond_indep_stack"] if f.vectorized]
@@ -411,7 +439,7 @@ class AmortizedGuide:
                 [value(name, shape).reshape(n, -1) for name, shape in observed.items()], -1
             )
             rows = {name: _site_rows(trace, name) for name in sites}
-            return density.unconstrain(z), x, rows  # x in the order of the model's values
+            return self._unconstrain(z), x, rows  # x in the order of the model's values
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*simulations failed and are NaN.*")
@@ -521,12 +549,12 @@ class AmortizedGuide:
         Returns:
             The training :class:`~pyro_sbi.History`.
         """
-        density = self._layout(args, kwargs)
+        self._layout(args, kwargs)
         missing = sorted({lat.name for lat in self.latents} - set(latents))
         missing += sorted(set(self.observed) - set(observed))
         if missing:
             raise ValueError(f"AmortizedGuide.fit_simulations: no values for the sites {missing}")
-        u = density.unconstrain({lat.name: latents[lat.name] for lat in self.latents})
+        u = self._unconstrain({lat.name: latents[lat.name] for lat in self.latents})
         values = {name: observed[name].reshape(len(u), *shape)
                   for name, shape in self.observed.items()}  # fmt: skip
         x = self._observation(values, draw_counts=True)
@@ -564,6 +592,14 @@ class AmortizedGuide:
                     latent.name, dist.Delta(value, log_density=log_density, event_dim=event_dim)
                 )
         return values
+
+    def _unconstrain(self, values: Mapping[str, Tensor]) -> Tensor:
+        """`u (n, D)` of constrained values `{name: (n, *shape)}`, on the guide's transforms."""
+        parts = []
+        for latent in self.latents:
+            value = values[latent.name]
+            parts.append(latent.transform.inv(value).reshape(value.shape[0], -1))
+        return torch.cat(parts, -1)
 
     def _blocks(self, u: Tensor) -> list[Tensor]:
         """`u (*, D)` cut into each latent site's unconstrained value `(*, *free_shape)`."""
@@ -649,10 +685,10 @@ class AmortizedGuide:
         """
         samples = self.sample_posterior(num_samples, *args, **kwargs)
         density = ModelDensity(self.model, args, kwargs)
-        z = density.unconstrain(samples)
-        with torch.no_grad():  # both densities on the unconstrained space of u
-            log_joint = density(z.to(torch.get_default_dtype()))
-            log_q = self.estimator.log_prob(z, self._data(args, kwargs))
+        z = density.unconstrain(samples).to(torch.get_default_dtype())
+        with torch.no_grad():  # both densities of the constrained values, p(x, z) and q(z | x)
+            log_joint = density(z) - density.constrain(z)[1]
+            log_q = self.log_prob(samples, *args, **kwargs)
         log_w = torch.nan_to_num(log_joint - log_q, nan=-math.inf)
         normalised = log_w - torch.logsumexp(log_w, 0)
         ess = float(1.0 / normalised.exp().pow(2).sum())

@@ -20,7 +20,9 @@ the prior: a proposal :math:`\tilde p(\theta) \ne p(\theta)` makes the minimiser
 
 :class:`NPE` learns on whatever vector :math:`\theta` it is given;
 :class:`~pyro_sbi.AmortizedGuide` hands it the latent sites of a model mapped to their
-unconstrained spaces, so a bounded prior gets no mass outside its support.
+unconstrained spaces (an interval by a map that is the identity inside it,
+:class:`~pyro_sbi.transforms.SmoothClampTransform`), so a bounded prior gets no mass
+outside its support.
 
 Both :math:`\theta` and :math:`x` are z-scored with statistics of the training data;
 the density of :math:`\theta` adds the Jacobian :math:`-\sum_j \log \sigma_{\theta,j}`.
@@ -81,6 +83,7 @@ class NPE(Estimator):
     """
 
     fit_defaults: ClassVar[dict] = {"average": 0.99}
+    interval_map: ClassVar[str] = "clamp"  # the logit's tails overfit (benchmarks page)
 
     def __init__(
         self,

@@ -134,9 +134,12 @@ def test_guide_trace_density_is_its_log_prob(two_site_guide):
     )
     draw = {name: trace.nodes[name]["value"][None] for name in ("p", "mu")}
     assert torch.allclose(total, two_site_guide.log_prob(draw, y, z)[0], atol=1e-4)
-    jacobian = trace.nodes["p"]["log_prob"]  # -log |dp/du| of the sigmoid
-    p = trace.nodes["p"]["value"]
-    assert torch.allclose(jacobian, -(p * (1 - p)).log(), atol=1e-5)
+    jacobian = trace.nodes["p"]["log_prob"]  # -log |dp/du| of the guide's map onto (0, 1)
+    u = trace.nodes["_amortized_guide_latent"]["value"][0].detach().requires_grad_(True)
+    p = two_site_guide.latents[0].transform(u)
+    (slope,) = torch.autograd.grad(p, u)
+    assert torch.allclose(p, trace.nodes["p"]["value"])
+    assert torch.allclose(jacobian, -slope.log(), atol=1e-5)
 
 
 def test_data_is_read_again_for_new_or_changed_arguments(two_site_guide):
@@ -359,8 +362,9 @@ def test_fit_simulations_made_elsewhere_equals_fit(two_site_guide):
     pyro.set_rng_seed(3)
     direct.fit(400, *args, seed=3, progress=False, fit_options={"max_epochs": 2})
     pyro.set_rng_seed(3)
-    u, x = AmortizedGuide(two_sites).simulate(400, *args)
-    p, mu = torch.sigmoid(u[:, 0]), u[:, 1]
+    maker = AmortizedGuide(two_sites)
+    u, x = maker.simulate(400, *args)
+    p, mu = maker.latents[0].transform(u[:, 0]), u[:, 1]
     made = AmortizedGuide(two_sites)
     made.fit_simulations({"p": p, "mu": mu}, {"y": x[:, :TRIALS_P], "z": x[:, TRIALS_P:]},
                          *args, seed=3, progress=False, fit_options={"max_epochs": 2})  # fmt: skip
