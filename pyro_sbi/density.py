@@ -12,7 +12,7 @@ from __future__ import annotations
 __all__ = ["LatentSite", "ModelDensity"]
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +46,20 @@ class LatentSite:
     def size(self) -> int:
         """The number of unconstrained coordinates of the site."""
         return math.prod(self.free_shape)
+
+
+def unconstrain(latents: Sequence[LatentSite], values: Mapping[str, Tensor]) -> Tensor:
+    """`z (n, D)`: constrained values `{name: (n, *shape)}` mapped by each site's transform.
+
+    Arguments:
+        latents: the sites, in the order of their blocks of `z`.
+        values: every site's values.
+    """
+    parts = []
+    for latent in latents:
+        value = values[latent.name]
+        parts.append(latent.transform.inv(value).reshape(value.shape[0], -1))
+    return torch.cat(parts, -1)
 
 
 class ModelDensity:
@@ -120,11 +134,7 @@ class ModelDensity:
 
     def unconstrain(self, values: dict[str, Tensor]) -> Tensor:
         """`z (n, D)` from constrained values `{name: (n, *shape)}`."""
-        parts = []
-        for latent in self.latents:
-            value = values[latent.name]
-            parts.append(latent.transform.inv(value).reshape(value.shape[0], -1))
-        return torch.cat(parts, -1)
+        return unconstrain(self.latents, values)
 
     def __call__(self, z: Tensor) -> Tensor:
         """Log joint density `(n,)` at unconstrained points `z (n, D)`.

@@ -76,7 +76,7 @@ from pyro.distributions.util import sum_rightmost
 from torch import Size, Tensor, nn
 
 from pyro_sbi._checks import as_count
-from pyro_sbi.density import ModelDensity
+from pyro_sbi.density import ModelDensity, unconstrain
 from pyro_sbi.distribution import simulator_of
 from pyro_sbi.embeddings import DeepSet, ObservationEmbedding
 from pyro_sbi.estimator import Estimator
@@ -596,11 +596,7 @@ class AmortizedGuide:
 
     def _unconstrain(self, values: Mapping[str, Tensor]) -> Tensor:
         """`u (n, D)` of constrained values `{name: (n, *shape)}`, on the guide's transforms."""
-        parts = []
-        for latent in self.latents:
-            value = values[latent.name]
-            parts.append(latent.transform.inv(value).reshape(value.shape[0], -1))
-        return torch.cat(parts, -1)
+        return unconstrain(self.latents, values)
 
     def _blocks(self, u: Tensor) -> list[Tensor]:
         """`u (*, D)` cut into each latent site's unconstrained value `(*, *free_shape)`."""
