@@ -234,9 +234,10 @@ class AmortizedGuide:
                 "the data (or any values of its shape) so that the guide knows what it is "
                 "conditioned on, e.g. train(model, x_o, num_simulations=..., guide=guide)"
             )
-        supports = {lat.name: base.nodes[lat.name]["fn"].support for lat in density.latents}
         self.latents = [
-            dataclasses.replace(lat, transform=guide_transform(supports[lat.name], self.interval))
+            dataclasses.replace(
+                lat, transform=guide_transform(base.nodes[lat.name]["fn"].support, self.interval)
+            )
             for lat in density.latents
         ]
         self.observed = {name: base.nodes[name]["value"].shape for name in density.observed}
@@ -682,11 +683,10 @@ class AmortizedGuide:
         """
         samples = self.sample_posterior(num_samples, *args, **kwargs)
         density = ModelDensity(self.model, args, kwargs)
-        z = density.unconstrain(samples).to(torch.get_default_dtype())
         with torch.no_grad():  # both densities of the constrained values, p(x, z) and q(z | x)
-            log_joint = density(z) - density.constrain(z)[1]
+            log_joint = density.run(samples, num_samples)[0]
             log_q = self.log_prob(samples, *args, **kwargs)
-        log_w = torch.nan_to_num(log_joint - log_q, nan=-math.inf)
+        log_w = torch.nan_to_num(log_joint - log_q, nan=-math.inf, posinf=-math.inf)
         normalised = log_w - torch.logsumexp(log_w, 0)
         ess = float(1.0 / normalised.exp().pow(2).sum())
         return ImportanceDraws(samples, normalised, ess)

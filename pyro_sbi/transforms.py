@@ -86,20 +86,6 @@ class SmoothClampTransform(Transform):
             return self
         return SmoothClampTransform(self.lower, self.upper, self.sharpness, cache_size=cache_size)
 
-    def __eq__(self, other: object) -> bool:
-        """Equal bounds and sharpness."""
-        if not isinstance(other, SmoothClampTransform):
-            return False
-        same = [
-            bool(torch.as_tensor(mine).eq(torch.as_tensor(theirs)).all())
-            for mine, theirs in ((self.lower, other.lower), (self.upper, other.upper))
-        ]
-        return all(same) and self.sharpness == other.sharpness
-
-    def __hash__(self) -> int:
-        """By the sharpness (the bounds may be tensors)."""
-        return hash((SmoothClampTransform, self.sharpness))
-
     def _call(self, u: Tensor) -> Tensor:
         width = self.upper - self.lower
         s = (u - self.lower) / width
