@@ -1,5 +1,6 @@
 """The benchmark command runs end to end on tiny budgets."""
 
+import functools
 import json
 
 import pytest
@@ -342,3 +343,31 @@ def test_amortised_command_line_needs_a_measurement():
 
     with pytest.raises(SystemExit):
         amortised.main(["--tasks", "two_moons"])
+
+
+def test_trials_accuracy_rows_with_sequential_rounds(monkeypatch):
+    """`rounds=(1, 2)`: the prior-trained rows, then a two-round training per `n`."""
+    from pyro_sbi import SliceMCMC, c2st, train
+    from pyro_sbi.benchmark import trials
+
+    def short_chains(model, x, seed):
+        mcmc = SliceMCMC(model, num_samples=4, num_chains=125, warmup_steps=10, seed=seed,
+                         progress=False)  # fmt: skip
+        return mcmc.run(x).get_samples()["theta"]
+
+    monkeypatch.setattr(trials, "NUM_POSTERIOR", 500)
+    monkeypatch.setattr(trials, "_sample", short_chains)
+    short = {"fit_options": {"max_epochs": 3}, "sampler_options": {"warmup_steps": 10}}
+    monkeypatch.setattr(trials, "train", functools.partial(train, **short))
+    monkeypatch.setattr(trials, "c2st", functools.partial(c2st, steps=100))
+    rows = trials.accuracy(("linear",), trials=(1, 5), budgets=(300,), rounds=(1, 2),
+                           log=lambda *a, **k: None)  # fmt: skip
+    assert [(r["method"], r["trials"]) for r in rows] == [
+        ("nle", 1), ("nle", 5), ("nle, 2 rounds", 1), ("nle, 2 rounds", 5),
+        ("nre", 1), ("nre", 5), ("nre, 2 rounds", 1), ("nre, 2 rounds", 5),
+    ]  # fmt: skip
+    assert all(0.0 <= r["c2st"] <= 1.0 and r["train_s"] > 0 for r in rows)
+    sequential = [r["train_s"] for r in rows if "rounds" in r["method"]]
+    assert sequential[0] != sequential[1]  # one training per number of trials
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        trials.accuracy(("linear",), trials=(1,), budgets=(300,), rounds=(0,))

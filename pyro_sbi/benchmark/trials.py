@@ -15,7 +15,10 @@ learned log-density add up over the trials while the posterior narrows like
   `NRE()`.
 
 With `--compare sbi`, sbi's NLE (linear) or MNLE (ddm) with its defaults is trained on
-the same simulations and sampled by its own default MCMC given the same trials.
+the same simulations and sampled by its own default MCMC given the same trials. With
+`--rounds 1 2 4`, each estimator is also trained in sequential rounds
+(:func:`~pyro_sbi.train` with `rounds=`), once per number of trials, given those
+trials: the same budget, spent where the posterior is.
 
 Every estimator is built and trained with the library's defaults (`Estimator().fit`),
 and every posterior is drawn by :class:`~pyro_sbi.SliceMCMC` with its defaults, the
@@ -267,9 +270,35 @@ def _sample(model, x: torch.Tensor, seed: int) -> torch.Tensor:
     return mcmc.run(x).get_samples()["theta"]
 
 
+def _learned_posteriors(method, rounds, prior, simulator, theta, data, observed, trials,
+                        budget, seed):  # fmt: skip
+    """Yields `(n, posterior draws, training seconds)` for each number of trials `n`.
+
+    One round: one estimator fitted on the prior simulations `theta, data` serves every
+    `n`. More: a fresh estimator per `n`, trained by `train` in `rounds` rounds given
+    the first `n` trials of `observed` (its seconds include the simulations and the
+    sampling between rounds).
+    """
+    make = {"nle": NLE, "nre": NRE}.get(method, lambda: MNLE(discrete=[1]))
+    if rounds == 1:
+        estimator = make()
+        start = time.perf_counter()
+        estimator.fit(theta, data, seed=seed, progress=False)
+        train_s = time.perf_counter() - start
+    for n in trials:
+        x = observed[:n]
+        if rounds > 1:
+            estimator = make()
+            start = time.perf_counter()
+            train(_trials_model(prior, simulator, estimator), x, num_simulations=budget,
+                  rounds=rounds, seed=seed + budget, progress=False)  # fmt: skip
+            train_s = time.perf_counter() - start
+        yield n, _sample(_trials_model(prior, simulator, estimator), x, seed + n), train_s
+
+
 def accuracy(
     tasks=("linear", "ddm"), trials=(1, 10, 100, 1000), budgets=(10_000, 100_000), seed=0,
-    log=print, compare: str | None = None,
+    log=print, compare: str | None = None, rounds=(1,),
 ) -> list[dict]:  # fmt: skip
     """The accuracy table: one row per task, estimator, budget and number of trials.
 
@@ -282,11 +311,18 @@ def accuracy(
         compare: `"sbi"` adds rows for sbi's NLE (linear) or MNLE (ddm) with its
             defaults, trained on the same simulations and sampled by its own default
             MCMC given all `n` trials (methods `"sbi-nle"`, `"sbi-mnle"`).
+        rounds: numbers of training rounds. 1: one estimator per method and budget,
+            trained on the budget's prior simulations and used for every `n`. `R > 1`:
+            for each `n` a fresh estimator trained by
+            :func:`~pyro_sbi.train` in `R` sequential rounds given those `n` trials
+            (the budget in all; methods `"mnle, R rounds"`, ...).
 
     Returns:
         Rows with the C2ST of the learned posterior against the exact one and the seconds
         of training.
     """
+    if any(count < 1 for count in rounds):
+        raise ValueError(f"accuracy: rounds must be at least 1; got {tuple(rounds)}")
     rows = []
     for task in tasks:
         if task == "linear":
@@ -310,19 +346,18 @@ def accuracy(
             theta = prior.sample((budget,))
             data = simulator(theta)
             for method in methods:
-                estimator = {"nle": NLE, "nre": NRE}.get(method, lambda: MNLE(discrete=[1]))()
-                start = time.perf_counter()
-                estimator.fit(theta, data, seed=seed, progress=False)
-                train_s = time.perf_counter() - start
-                for n in trials:
-                    model = _trials_model(prior, simulator, estimator)
-                    learned = _sample(model, observed[:n], seed + n)
-                    row = {"task": task, "method": method, "budget": budget, "trials": n,
-                           "c2st": float(c2st(exact[n], learned, seed=n)),
-                           "train_s": train_s}  # fmt: skip
-                    rows.append(row)
-                    log(f"| {task} | {method} | {budget} | {n} | {row['c2st']:.3f} | "
-                        f"{train_s:.0f} |", flush=True)  # fmt: skip
+                for count in rounds:
+                    for n, learned, train_s in _learned_posteriors(
+                        method, count, prior, simulator, theta, data, observed, trials, budget,
+                        seed,
+                    ):  # fmt: skip
+                        name = method if count == 1 else f"{method}, {count} rounds"
+                        row = {"task": task, "method": name, "budget": budget, "trials": n,
+                               "c2st": float(c2st(exact[n], learned, seed=n)),
+                               "train_s": train_s}  # fmt: skip
+                        rows.append(row)
+                        log(f"| {task} | {name} | {budget} | {n} | {row['c2st']:.3f} | "
+                            f"{train_s:.0f} |", flush=True)  # fmt: skip
             if compare == "sbi":
                 from pyro_sbi.benchmark.compare import SbiPeer
 
@@ -350,6 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", nargs="+", choices=("linear", "ddm"), default=["linear", "ddm"])
     parser.add_argument("--trials", nargs="+", type=int, default=[1, 10, 100, 1000])
     parser.add_argument("--budgets", nargs="+", type=int, default=[10_000, 100_000])
+    parser.add_argument("--rounds", nargs="+", type=int, default=[1],
+                        help="training rounds of the accuracy table (more than 1: "
+                        "sequential, per number of trials)")  # fmt: skip
     parser.add_argument("--end-to-end", nargs=2, type=int, metavar=("SUBJECTS", "TRIALS"),
                         help="NUTS on a hierarchical DDM, learned and exact")  # fmt: skip
     parser.add_argument("--simulations", type=int, default=100_000)
@@ -380,7 +418,8 @@ def main(argv: list[str] | None = None) -> None:
               f"Python {platform.python_version()}\n")  # fmt: skip
         print("| task | estimator | simulations | trials | C2ST vs exact | train s |")
         print("| --- | --- | ---: | ---: | ---: | ---: |")
-        accuracy(args.tasks, args.trials, args.budgets, args.seed, compare=args.compare)
+        accuracy(args.tasks, args.trials, args.budgets, args.seed, compare=args.compare,
+                 rounds=args.rounds)  # fmt: skip
         return
     pyro.set_rng_seed(0)
     theta = ddm.prior().sample((10_000,))
