@@ -24,15 +24,21 @@ def closed_form(x_o):
     return x_o.sum(0) / NOISE**2 / precision, torch.full((2,), precision**-0.5)
 
 
-@pytest.fixture(scope="module")
-def linear_model():
-    likelihood = NLE(zuko.flows.MAF)
+def trials_model(likelihood):
+    """`theta (2,)` from N(0, I), then `TRIALS` i.i.d. trials of `linear_gaussian`."""
 
     def model(x_o=None):
         theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
         with pyro.plate("trials", TRIALS):
             pyro.sample("x", SimulatorDistribution(linear_gaussian, theta, likelihood), obs=x_o)
 
+    return model
+
+
+@pytest.fixture(scope="module")
+def linear_model():
+    likelihood = NLE(zuko.flows.MAF)
+    model = trials_model(likelihood)
     train(model, num_simulations=20_000, seed=0, progress=False)
     torch.manual_seed(123)
     x_o = linear_gaussian(torch.tensor([0.6, -0.9]).expand(TRIALS, 2))
@@ -120,14 +126,9 @@ def test_the_posterior_meets_the_target_bound_on_every_seed(estimator, rounds, s
     """NLE trained in two rounds, and NRE from the prior, put the 10-trial posterior within
     0.15 posterior sds of the closed form on each of five simulation and training seeds."""
     likelihood = estimator()
-
-    def model(x_o=None):
-        theta = pyro.sample("theta", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-        with pyro.plate("trials", TRIALS):
-            pyro.sample("x", SimulatorDistribution(linear_gaussian, theta, likelihood), obs=x_o)
-
     torch.manual_seed(123 + seed)
     x_o = linear_gaussian(torch.tensor([0.6, -0.9]).expand(TRIALS, 2))
+    model = trials_model(likelihood)
     train(model, x_o, num_simulations=20_000, rounds=rounds, seed=seed, progress=False)
     mean, sd = learned_posterior(likelihood, x_o)
     assert close_to_closed_form(x_o, mean, sd, mean_error=TARGET_MEAN_ERROR)
